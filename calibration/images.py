@@ -1,0 +1,188 @@
+"""Image folders, preprocessing and the decoded-image cache.
+
+Only numpy and Pillow: the same code prepares evaluation and calibration images on a workstation and on a
+Jetson, without torch. Two folder layouts are read:
+
+- `labels.txt` beside the images, one `<relative path> <class index>` per line;
+- ImageFolder: one sub-folder per class, classes numbered in sorted order.
+
+Images are decoded, resized and center-cropped once and cached as uint8 (N, H, W, 3) arrays keyed by the
+files' content hashes and the preprocessing, so later stages and later runs skip decoding. Normalisation is
+applied on the fly (cheap, and it keeps the cache four times smaller than float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import UserError
+from compress.store import atomic_path, sha256_file, sha256_json
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the model's input; it must match what the weights were trained with."""
+
+    resize: int = 256  # shorter side, before the crop
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    color: str = "RGB"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def transform(self, image) -> np.ndarray:
+        """PIL image -> uint8 (crop, crop, 3), as torchvision's Resize(resize) + CenterCrop(crop) on PIL."""
+        from PIL import Image
+
+        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[self.interpolation]
+        image = image.convert(self.color)
+        w, h = image.size
+        if w <= h:
+            size = (self.resize, int(self.resize * h / w))
+        else:
+            size = (int(self.resize * w / h), self.resize)
+        image = image.resize(size, resample)
+        w, h = image.size
+        top, left = int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+        image = image.crop((left, top, left + self.crop, top + self.crop))
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), scaled to 0..1 and standardised."""
+        x = pixels.astype(np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one folder: pixels (N, H, W, 3) uint8, labels (N,), and the files they came from."""
+
+    root: str
+    names: list[str]
+    labels: np.ndarray
+    pixels: np.ndarray
+    hashes: list[str]
+    skipped: list[str]
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batches(self, preprocess: Preprocess, batch_size: int):
+        """Yield (normalised float32 NCHW batch, labels) pairs."""
+        for i in range(0, len(self), batch_size):
+            yield preprocess.normalize(self.pixels[i : i + batch_size]), self.labels[i : i + batch_size]
+
+
+def list_images(root: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """(relative path, class index) for every image of a folder, in a stable order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}", "pass a folder with labels.txt or class sub-folders")
+    labels_file = root / "labels.txt"
+    if labels_file.exists():
+        items = []
+        for n, line in enumerate(labels_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rel, idx = line.rsplit(maxsplit=1)
+                items.append((rel, int(idx)))
+            except ValueError:
+                raise UserError(f"{labels_file}:{n}: expected '<relative path> <class index>', got {line!r}") from None
+        return items
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = [
+        (str(f.relative_to(root)), idx)
+        for idx, cls in enumerate(classes)
+        for f in sorted((root / cls).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise UserError(f"no images found in {root}", "expected labels.txt or one sub-folder of images per class")
+    return items
+
+
+def sample(items: list, limit: int | None, seed: int = 0) -> list:
+    """A fixed pseudo-random subset, so that a limit still spans the classes of a class-sorted folder."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return random.Random(seed).sample(items, limit)
+
+
+def load(
+    root: str | os.PathLike[str],
+    preprocess: Preprocess,
+    limit: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: str | None = None,
+) -> ImageSet:
+    """Decode (or reuse from the cache) up to `limit` images of a folder."""
+    from PIL import Image
+
+    root = Path(root)
+    items = sample(list_images(root), limit)
+    present = [(rel, idx) for rel, idx in items if (root / rel).is_file()]
+    missing = [rel for rel, _ in items if not (root / rel).is_file()]
+    hashes = [sha256_file(root / rel) for rel, _ in present]
+    key = sha256_json({"files": [[rel, idx, h] for (rel, idx), h in zip(present, hashes)],
+                       "preprocess": preprocess.to_dict()})[:16]
+    cache = Path(cache_dir) / f"images-{key}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return ImageSet(str(root), meta["names"], z["labels"], z["pixels"], meta["hashes"],
+                            meta["skipped"], key)
+
+    names, labels, pixels, kept_hashes, skipped = [], [], [], [], list(missing)
+    iterator = zip(present, hashes)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=len(present), desc=progress, unit="img", file=sys.stderr, leave=False)
+    for (rel, idx), h in iterator:
+        try:
+            with Image.open(root / rel) as im:
+                pixels.append(preprocess.transform(im))
+        except (OSError, ValueError, SyntaxError):  # Pillow's errors for truncated or non-image files
+            skipped.append(rel)
+            continue
+        names.append(rel)
+        labels.append(idx)
+        kept_hashes.append(h)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(f"warning: {root}: skipped {len(skipped)} unreadable image(s): {shown}", file=sys.stderr)
+    if not names:
+        raise UserError(f"no usable images in {root}", "check the folder and its labels.txt")
+    images = ImageSet(str(root), names, np.asarray(labels, np.int64), np.stack(pixels), kept_hashes, skipped, key)
+    if cache is not None:
+        meta = json.dumps({"names": names, "hashes": kept_hashes, "skipped": skipped})
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, pixels=images.pixels, labels=images.labels, meta=np.asarray(meta))
+    return images
+
+
+def overlap(a: ImageSet, b: ImageSet) -> list[str]:
+    """Names in `a` whose content also appears in `b` (evaluation images that were also calibration images)."""
+    seen = set(b.hashes)
+    return [n for n, h in zip(a.names, a.hashes) if h in seen]

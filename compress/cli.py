@@ -1,0 +1,122 @@
+"""The `compress` command: a thin layer over the library. Heavy packages are imported by the subcommand that
+needs them, so `compress --help` stays instant and works without torch, onnxruntime or TensorRT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compress import __version__
+from compress.errors import UserError
+
+EXIT_USER_ERROR, EXIT_BUDGET = 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors follow the same one-line convention
+        raise UserError(message, f"see '{self.prog} --help'")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="compress", description="Prune, quantize, export and build a trained vision model, and "
+                "measure every variant against FP32 on the same images and device.")
+    p.add_argument("--version", action="version", version=f"compress {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="export, quantize and measure variants; write the report",
+                       description="Take a trained model to deployable variants and report accuracy, latency and "
+                       "memory of each against FP32. Finished stages are reused on a second run.")
+    r.add_argument("--model", required=True, help="state_dict checkpoint (.pth) or FP32 ONNX file")
+    r.add_argument("--arch", help="architecture of a checkpoint: resnet50, resnet50-v1, test-resnet")
+    r.add_argument("--data", required=True, help="evaluation images: folder with labels.txt or class sub-folders")
+    r.add_argument("--calib", help="calibration images (disjoint from --data); needed by INT8 variants")
+    r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--variants", default="fp32,int8",
+                   help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU) (default: fp32,int8)")
+    r.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
+    r.add_argument("--calib-limit", type=_positive_int, default=512, help="calibrate on N images (default 512)")
+    r.add_argument("--calibration", default="percentile", choices=["minmax", "entropy", "percentile"],
+                   help="activation range method (default percentile, 99.999)")
+    r.add_argument("--max-top1-drop", type=float, metavar="POINTS",
+                   help="exit 3 if any variant's top-1 is more than POINTS below FP32")
+    r.add_argument("--latency-runs", type=_positive_int, default=100, help="timed batch-1 runs (default 100)")
+    r.add_argument("--throughput-batch", type=_positive_int, default=32, help="batch for throughput (default 32)")
+    r.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
+    r.add_argument("--resize", type=_positive_int, default=256, help="shorter side before the crop (default 256)")
+    r.add_argument("--crop", type=_positive_int, default=224, help="center crop (default 224)")
+
+    rep = sub.add_parser("report", help="rewrite report.{md,csv,html} and plots from a run's report.json")
+    rep.add_argument("run_dir")
+    return p
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from calibration.images import Preprocess
+    from compress.pipeline import Run
+    from compress.recipe import RunSpec, parse_variants
+    from compress.report import over_budget
+
+    spec = RunSpec(model=a.model, arch=a.arch, data=a.data, calib=a.calib, out=a.out,
+                   variants=parse_variants(a.variants), eval_limit=a.eval_limit, calib_limit=a.calib_limit,
+                   calibration=a.calibration, max_top1_drop=a.max_top1_drop,
+                   preprocess=Preprocess(resize=a.resize, crop=a.crop), latency_runs=a.latency_runs,
+                   throughput_batch=a.throughput_batch, threads=a.threads)
+    from pathlib import Path
+
+    if not Path(spec.model).is_file():
+        raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
+    data = Run(spec).run()
+    from compress.report import markdown
+
+    print("\n".join(line for line in markdown(data).splitlines() if line.startswith("|")))
+    print(f"\nreport: {Path(spec.out) / 'report.html'}")
+    if spec.max_top1_drop is not None:
+        over = over_budget(data, spec.max_top1_drop)
+        if over:
+            listed = ", ".join(f"{name} (-{drop:.2f})" for name, drop in over)
+            print(f"top-1 budget of {spec.max_top1_drop} points exceeded by: {listed}", file=sys.stderr)
+            return EXIT_BUDGET
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compress import report
+    from compress.store import read_json
+
+    path = Path(a.run_dir) / "report.json"
+    if not path.is_file():
+        raise UserError(f"no report.json in {a.run_dir}", "run 'compress run' first")
+    report.write(a.run_dir, read_json(path))
+    print(report.markdown(read_json(path)))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    try:
+        a = p.parse_args(argv)
+        if not a.command:
+            p.print_help()
+            return EXIT_USER_ERROR
+        return COMMANDS[a.command](a)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # one line: the message and its hint
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept and reused by the next run", file=sys.stderr)
+        return 130

@@ -1,0 +1,77 @@
+"""Accuracy against labels and against FP32 on the same images, and the environment numbers were taken in."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+
+def top5(logits: np.ndarray) -> np.ndarray:
+    """(N, 5) class indices, best first."""
+    k = min(5, logits.shape[1])
+    idx = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(logits, idx, 1), axis=1)
+    return np.take_along_axis(idx, order, 1)
+
+
+def accuracy(pred5: np.ndarray, labels: np.ndarray, baseline_pred5: np.ndarray) -> dict:
+    """Top-1/top-5, agreement of top-1 with the baseline, and the flipped predictions, split by direction."""
+    top1, base = pred5[:, 0], baseline_pred5[:, 0]
+    right, base_right = top1 == labels, base == labels
+    return {
+        "images": int(len(labels)),
+        "top1": float(right.mean()),
+        "top5": float((pred5 == labels[:, None]).any(1).mean()),
+        "agreement": float((top1 == base).mean()),
+        "flips": int((top1 != base).sum()),
+        "flips_to_wrong": int((base_right & ~right).sum()),
+        "flips_to_right": int((~base_right & right).sum()),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide onnxruntime's INT8 kernels (VNNI avoids u8s8 saturation)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma"})
+
+
+def environment() -> dict:
+    from importlib import metadata
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "onnxruntime": ver("onnxruntime"),
+        "onnx": ver("onnx"),
+        "torch": ver("torch"),
+        "torchvision": ver("torchvision"),
+        "numpy": ver("numpy"),
+        "compress": ver("compress"),
+    }

@@ -1,0 +1,231 @@
+"""The ordered stages of `compress run`: load images, export, prune, quantize, measure, report.
+
+Every stage writes into the run directory and records a key: a digest of its inputs (content hashes of the
+files it reads, and its options). A later run with the same inputs finds the key and reuses the stage; any
+change recomputes it and everything after it. Outputs are renamed into place before the record is written, so
+a run killed at any point leaves either a finished stage or one that is redone.
+
+Run directory:
+    recipe.json                     the resolved options of the last run
+    cache/images-<key>.npz          decoded, cropped images (uint8)
+    variants/<name>/model.onnx      one deployable ONNX per variant, with stage.json (lineage, key, facts)
+    results/<backend>/<name>.json   measurements of a variant on one backend (+ .npz predictions)
+    report.{json,md,csv,html}, *.png
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import calibration
+from compress import __version__
+from compress.errors import UserError, require
+from compress.recipe import RunSpec, Variant
+from compress.store import read_json, sha256_file, sha256_json, write_json
+
+ORT_CPU = "onnxruntime-cpu"
+TARGETS = {"int8": "tensorrt", "int8-cpu": ORT_CPU}  # the runtime each precision's file is made for
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path], dict]) -> tuple[dict, bool]:
+    """Reuse `directory` if its record matches `key` and its outputs are intact; else run `build(directory)`."""
+    record_path = directory / "stage.json"
+    digest = sha256_json(key)
+    if record_path.exists():
+        record = read_json(record_path)
+        intact = all((directory / o).exists() and sha256_file(directory / o) == record.get("sha256", {}).get(o)
+                     for o in outputs)
+        if record.get("key") == digest and intact:
+            return record, True
+        record_path.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    facts = build(directory)
+    record = {"key": digest, "inputs": key, **facts, "seconds": round(time.perf_counter() - started, 2),
+              "sha256": {o: sha256_file(directory / o) for o in outputs}}
+    write_json(record_path, record)
+    return record, False
+
+
+class Run:
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.root = Path(spec.out)
+        self.pre = spec.preprocess
+        self.records: dict[str, dict] = {}
+        self._calib: calibration.ImageSet | None = None
+
+    def onnx(self, name: str) -> Path:
+        return self.root / "variants" / name / "model.onnx"
+
+    # -- images -------------------------------------------------------------------------------------------
+    def images(self, folder: str, limit: int | None, what: str) -> calibration.ImageSet:
+        images = calibration.load(folder, self.pre, limit, self.root / "cache", progress=f"decode {what}")
+        log(f"{what}: {len(images)} images from {folder}" + (f", {len(images.skipped)} skipped" if images.skipped else ""))
+        return images
+
+    @property
+    def calib(self) -> calibration.ImageSet:
+        if self._calib is None:
+            if not self.spec.calib:
+                raise UserError("INT8 variants need calibration images", "pass --calib DIR (disjoint from --data)")
+            self._calib = self.images(self.spec.calib, self.spec.calib_limit, "calibration")
+            if len(self._calib) < 500:
+                log(f"warning: calibrating on {len(self._calib)} images; CNNs want at least 500 for stable ranges")
+        return self._calib
+
+    # -- variants -----------------------------------------------------------------------------------------
+    def make(self, v: Variant, sample: np.ndarray) -> None:
+        directory = self.onnx(v.name).parent
+        if v.precision == "fp32" and v.prune is None:
+            record, reused = stage(directory, self._fp32_key(), ["model.onnx"], lambda d: self._fp32(d, sample))
+        elif v.precision == "fp32":
+            raise UserError(f"variant {v.name}: pruning is not available in this version",
+                            "use --variants fp32,int8,int8-cpu")
+        else:
+            parent = self.onnx(v.parent or "fp32")
+            key = {"parent": sha256_file(parent), "calibration": self.calib.key, "method": self.spec.calibration,
+                   "format": v.precision, "compress": __version__}
+            record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
+        record["variant"], record["parent"] = v.name, v.parent
+        self.records[v.name] = record
+        log(f"{v.name}: {'reused (inputs unchanged)' if reused else f'built in {record['seconds']} s'}")
+
+    def _fp32_key(self) -> dict:
+        s = self.spec
+        return {"model": sha256_file(s.model), "arch": s.arch, "preprocess": self.pre.to_dict(), "compress": __version__}
+
+    def _fp32(self, directory: Path, sample: np.ndarray) -> dict:
+        from compress import export
+
+        meta = {"compress.variant": "fp32", "compress.precision": "fp32", "compress.target": "any",
+                "compress.preprocess": self.pre_json(), "compress.source": Path(self.spec.model).name}
+        out = directory / "model.onnx"
+        if self.spec.is_onnx_model:
+            check_fp32_onnx(self.spec.model)
+            shutil.copyfile(self.spec.model, directory / ".model.onnx.part")
+            onnx = require("onnx")
+            proto = onnx.load(str(directory / ".model.onnx.part"))
+            export.set_metadata(proto, meta)
+            onnx.save(proto, str(directory / ".model.onnx.part"))
+            (directory / ".model.onnx.part").replace(out)
+            return {"source": "onnx", "parity": None}
+        from compress import model as models
+
+        if not self.spec.arch:
+            raise UserError("a torch checkpoint needs --arch", "e.g. --arch resnet50-v1")
+        net = models.load(self.spec.arch, self.spec.model)
+        meta["compress.arch"] = self.spec.arch
+        export.export(net, out, self.pre.crop, meta)
+        return {"source": "torch", "arch": self.spec.arch, "opset": export.OPSET,
+                "parity": export.parity(net, out, sample)}
+
+    def _quantize(self, directory: Path, v: Variant, parent: Path) -> dict:
+        from compress.quantize import quantize
+
+        return {"quantization": quantize(parent, directory / "model.onnx", self.calib, self.pre, v.precision,
+                                         self.spec.calibration)}
+
+    def pre_json(self) -> str:
+        import json
+
+        return json.dumps(self.pre.to_dict())
+
+    # -- measurement --------------------------------------------------------------------------------------
+    def measure(self, v: Variant, evaluation: calibration.ImageSet) -> dict:
+        """Accuracy with the arithmetic of the variant's target runtime; latency and memory in a fresh process."""
+        from compress.backends import onnxruntime as ort
+
+        path = self.onnx(v.name)
+        as_written = v.precision == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, as TensorRT computes it
+        s = self.spec
+        key = {"onnx": sha256_file(path), "images": evaluation.key, "as_written": as_written,
+               "runs": s.latency_runs, "batch": s.throughput_batch, "threads": s.threads,
+               "onnxruntime": ort.version(), "compress": __version__}
+        directory = self.root / "results" / ORT_CPU / v.name
+
+        def build(d: Path) -> dict:
+            logits = ort.logits(path, evaluation, self.pre, as_written, desc=f"evaluate {v.name}")
+            np.save(d / "top5.npy", _top5(logits))
+            timing = ort.measure(path, as_written=False, runs=s.latency_runs, batch=s.throughput_batch,
+                                 threads=s.threads)
+            return {"timing": timing}
+
+        record, reused = stage(directory, key, ["top5.npy"], build)
+        log(f"{v.name}: {'measurement reused' if reused else 'measured'} on {ORT_CPU}")
+        timing = record["timing"]
+        return {
+            "variant": v.name,
+            "parent": v.parent,
+            "backend": ORT_CPU,
+            "precision": "int8" if v.precision.startswith("int8") else v.precision,
+            "target": TARGETS.get(v.precision, "any"),
+            "accuracy_method": ("Q/DQ executed as written (graph optimisations off), TensorRT's arithmetic"
+                                if as_written else "onnxruntime CPU kernels, all optimisations"),
+            "latency_method": ("onnxruntime CPU kernels, all optimisations; " + timing["timer"]),
+            "pred5": np.load(directory / "top5.npy"),
+            **{k: timing[k] for k in ("latency_ms", "batch_size", "throughput_ips", "throughput_batch",
+                                      "peak_rss_bytes", "baseline_rss_bytes", "threads")},
+            "file_bytes": path.stat().st_size,
+            "onnx": str(path.relative_to(self.root)),
+            "build": {k: v for k, v in self.records[v.name].items() if k in ("parity", "quantization", "source")},
+        }
+
+    # -- the whole run ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from compress import measure, report
+
+        s = self.spec
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.root / "recipe.json", s.to_dict())
+        evaluation = self.images(s.data, s.eval_limit, "evaluation")
+        warnings = []
+        if any(v.precision != "fp32" for v in s.variants):
+            same = calibration.overlap(evaluation, self.calib)
+            if same:
+                warnings.append(f"{len(same)} evaluation image(s) are also calibration images "
+                                f"(same content), e.g. {same[0]}: accuracy is optimistic")
+                log("warning: " + warnings[-1])
+        sample = self.pre.normalize(evaluation.pixels[:8])
+        for v in s.variants:
+            self.make(v, sample)
+        results = [self.measure(v, evaluation) for v in s.variants]
+        base = next(r for r in results if r["variant"] == "fp32")
+        for r in results:
+            r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
+        for r in results:
+            del r["pred5"]
+        data = report.assemble(results, measure.environment(), s, evaluation, warnings)
+        report.write(self.root, data)
+        return data
+
+
+def _top5(logits: np.ndarray) -> np.ndarray:
+    from compress.measure import top5
+
+    return top5(logits).astype(np.int32)
+
+
+def check_fp32_onnx(path: str) -> None:
+    """An ONNX given as the model must be a float model (quantizing a quantized file makes no sense)."""
+    onnx = require("onnx")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a non-ONNX file
+        raise UserError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    ops = {n.op_type for n in proto.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}:
+        raise UserError(f"{path} is already quantized", "pass the FP32 ONNX (or the torch checkpoint)")
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise UserError(f"{path}: the input is not float32", "pass an FP32 ONNX model")

@@ -1,0 +1,93 @@
+"""What a run is asked to do: frozen records, resolved once from the CLI and saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from calibration.images import Preprocess
+from compress.errors import UserError
+from compress.quantize import FORMATS, METHODS
+
+PRECISIONS = ("fp32", *FORMATS)  # fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU)
+_VARIANT = re.compile(r"^(?:(?P<prune>p\d{1,2}|s24)(?:-|$))?(?P<precision>fp32|int8-cpu|int8)?$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One deployable model: an optional pruning step, then a precision. `p30-int8` = 30% pruned, then INT8."""
+
+    name: str
+    prune: str | None
+    precision: str
+
+    @property
+    def parent(self) -> str | None:
+        """The variant this one is made from (its lineage): int8 <- fp32, p30-int8 <- p30 <- fp32."""
+        if self.precision != "fp32":
+            return self.prune or "fp32"
+        return "fp32" if self.prune else None
+
+    @property
+    def prune_ratio(self) -> float | None:
+        return int(self.prune[1:]) / 100 if self.prune and self.prune.startswith("p") else None
+
+
+def parse_variant(name: str) -> Variant:
+    m = _VARIANT.match(name.strip())
+    if not name.strip() or not m:
+        raise UserError(f"unknown variant {name!r}",
+                        "variants are fp32, int8, int8-cpu, pNN (NN% channels pruned), s24 (2:4 sparse), "
+                        "and pruned+quantized such as p30-int8")
+    prune, precision = m["prune"], m["precision"] or "fp32"
+    if prune and prune.startswith("p") and not 0 < int(prune[1:]) < 100:
+        raise UserError(f"variant {name!r}: the pruning ratio must be 1..99 percent")
+    return Variant(name.strip(), prune, precision)
+
+
+def parse_variants(text: str) -> tuple[Variant, ...]:
+    """Parse a comma list, adding each variant's parents (a report always has its FP32 baseline)."""
+    wanted = [parse_variant(v) for v in text.split(",") if v.strip()]
+    out: dict[str, Variant] = {"fp32": parse_variant("fp32")}
+    for v in wanted:
+        if v.parent and v.parent not in out:
+            out[v.parent] = parse_variant(v.parent)
+        out[v.name] = v
+    return tuple(out.values())
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    data: str
+    out: str
+    arch: str | None = None
+    calib: str | None = None
+    variants: tuple[Variant, ...] = field(default_factory=lambda: parse_variants("fp32,int8"))
+    eval_limit: int | None = None
+    calib_limit: int = 512
+    calibration: str = "percentile"
+    max_top1_drop: float | None = None
+    preprocess: Preprocess = Preprocess()
+    latency_runs: int = 100
+    throughput_batch: int = 32
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.calibration not in METHODS:
+            raise UserError(f"unknown calibration method {self.calibration!r}", f"choose one of: {', '.join(METHODS)}")
+        for name, value in (("--eval-limit", self.eval_limit), ("--calib-limit", self.calib_limit)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be a positive number of images, got {value}")
+        if self.max_top1_drop is not None and self.max_top1_drop < 0:
+            raise UserError(f"--max-top1-drop is in top-1 points and must be >= 0, got {self.max_top1_drop}")
+
+    @property
+    def is_onnx_model(self) -> bool:
+        return self.model.lower().endswith(".onnx")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["variants"] = [v.name for v in self.variants]
+        return d

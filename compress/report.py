@@ -1,0 +1,201 @@
+"""The report: every variant against FP32 on the same images and the same device, as JSON, Markdown, CSV and
+HTML with an accuracy-versus-latency plot (Pareto front marked) and a memory chart."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import html
+import io
+from pathlib import Path
+
+from compress.store import atomic_path, write_json, write_text
+
+PLOT, MEMORY_PLOT = "accuracy_latency.png", "memory.png"
+
+
+def assemble(results: list[dict], env: dict, spec, evaluation, warnings: list[str]) -> dict:
+    base = next(r for r in results if r["variant"] == "fp32")
+    for r in results:
+        r["top1_delta"] = round((r["top1"] - base["top1"]) * 100, 2)  # points
+        r["speedup"] = round(base["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)
+        r["size_ratio"] = round(r["file_bytes"] / base["file_bytes"], 4)
+    mark_pareto(results)
+    return {
+        "baseline": "fp32",
+        "results": results,
+        "env": env,
+        "images": {"evaluation": spec.data, "count": len(evaluation), "skipped": len(evaluation.skipped),
+                   "calibration": spec.calib},
+        "warnings": warnings,
+        "recipe": spec.to_dict(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def mark_pareto(results: list[dict]) -> None:
+    """A result is on the front if no result of the same backend is at least as accurate and at least as fast,
+    and strictly better in one of the two."""
+    for r in results:
+        r["pareto"] = not any(
+            o is not r and o["backend"] == r["backend"]
+            and o["top1"] >= r["top1"] and o["latency_ms"]["p50"] <= r["latency_ms"]["p50"]
+            and (o["top1"] > r["top1"] or o["latency_ms"]["p50"] < r["latency_ms"]["p50"])
+            for o in results)
+
+
+def over_budget(data: dict, max_top1_drop: float) -> list[tuple[str, float]]:
+    """Variants whose top-1 fell more than `max_top1_drop` points below FP32."""
+    return [(r["variant"], -r["top1_delta"]) for r in data["results"] if -r["top1_delta"] > max_top1_drop]
+
+
+COLUMNS = [
+    ("variant", lambda r: r["variant"]),
+    ("backend", lambda r: r["backend"]),
+    ("target", lambda r: r["target"]),
+    ("top1 %", lambda r: f"{100 * r['top1']:.2f}"),
+    ("Δtop1 pts", lambda r: f"{r['top1_delta']:+.2f}"),
+    ("top5 %", lambda r: f"{100 * r['top5']:.2f}"),
+    ("agree %", lambda r: f"{100 * r['agreement']:.1f}"),
+    ("flips (→wrong/→right)", lambda r: f"{r['flips']} ({r['flips_to_wrong']}/{r['flips_to_right']})"),
+    ("p50 ms", lambda r: f"{r['latency_ms']['p50']:.2f}"),
+    ("p90 ms", lambda r: f"{r['latency_ms']['p90']:.2f}"),
+    ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.2f}"),
+    ("speedup", lambda r: f"{r['speedup']:.2f}x"),
+    ("img/s", lambda r: f"{r['throughput_ips']:.1f} @b{r['throughput_batch']}"),
+    ("file MB", lambda r: f"{r['file_bytes'] / 1e6:.1f}"),
+    ("peak RSS MB", lambda r: f"{r['peak_rss_bytes'] / 1e6:.0f}"),
+    ("Pareto", lambda r: "★" if r["pareto"] else ""),
+]
+
+
+def rows(data: dict) -> list[list[str]]:
+    return [[f(r) for _, f in COLUMNS] for r in data["results"]]
+
+
+def markdown(data: dict) -> str:
+    env, img = data["env"], data["images"]
+    lines = [
+        "# compress report",
+        "",
+        f"{img['count']} evaluation images from `{img['evaluation']}`"
+        + (f" ({img['skipped']} unreadable, skipped)" if img["skipped"] else "")
+        + (f"; calibration images from `{img['calibration']}`" if img.get("calibration") else "") + ".",
+        f"Device: {env['cpu']} ({env['cpu_cores']} cores; {', '.join(env['cpu_flags']) or 'no SIMD flags read'}); "
+        f"onnxruntime {env['onnxruntime']}, torch {env['torch']}, Python {env['python']}.",
+        "",
+        "| " + " | ".join(c for c, _ in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows(data)),
+        "",
+        "How each number was taken:",
+        "- Δtop1 is in points against FP32 on the same images; agreement is the share of images whose top-1 class "
+        "equals FP32's; flips counts the images where it differs (→wrong: FP32 was right, →right: FP32 was wrong).",
+    ]
+    methods = {(r["variant"], r["accuracy_method"], r["latency_method"], r["target"], r["backend"])
+               for r in data["results"]}
+    for name, acc, lat, target, backend in sorted(methods):
+        note = "" if target in ("any", backend) else f" Latency here is not on its target runtime ({target})."
+        lines.append(f"- `{name}`: accuracy by {acc}; latency by {lat}.{note}")
+    lines.append("- Latency is batch 1 (p50/p90/p99 after warm-up); img/s at the batch shown; peak RSS is a fresh "
+                 "process that loaded the model and ran batch 1 (it includes the runtime itself).")
+    if data.get("warnings"):
+        lines += ["", "Warnings:", *(f"- {w}" for w in data["warnings"])]
+    lines += ["", f"![accuracy vs latency]({PLOT})", "", f"![memory]({MEMORY_PLOT})", ""]
+    return "\n".join(lines)
+
+
+def to_csv(data: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "backend", "precision", "target", "images", "top1", "top5", "top1_delta", "agreement",
+                "flips", "flips_to_wrong", "flips_to_right", "p50_ms", "p90_ms", "p99_ms", "speedup",
+                "throughput_ips", "throughput_batch", "file_bytes", "peak_rss_bytes", "pareto"])
+    for r in data["results"]:
+        lat = r["latency_ms"]
+        w.writerow([r["variant"], r["backend"], r["precision"], r["target"], r["images"], r["top1"], r["top5"],
+                    r["top1_delta"], r["agreement"], r["flips"], r["flips_to_wrong"], r["flips_to_right"],
+                    lat["p50"], lat["p90"], lat["p99"], r["speedup"], r["throughput_ips"], r["throughput_batch"],
+                    r["file_bytes"], r["peak_rss_bytes"], r["pareto"]])
+    return buf.getvalue()
+
+
+def to_html(data: dict) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS)
+    body = "".join(
+        f"<tr class='{'base' if r['variant'] == 'fp32' else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        + "</tr>" for r, row in zip(data["results"], rows(data)))
+    notes = markdown(data).split("How each number was taken:")[1].split("![")[0]
+    notes_html = "".join(f"<li>{html.escape(line[2:])}</li>" for line in notes.splitlines() if line.startswith("- "))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>compress report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} tr.base{{background:#fff4cc}}
+img{{max-width:48%;margin:1em 1% 0 0}}</style></head><body>
+<h1>compress report</h1>
+<p>{data['images']['count']} evaluation images from <code>{html.escape(str(data['images']['evaluation']))}</code>;
+device: {html.escape(data['env']['cpu'])}; onnxruntime {html.escape(str(data['env']['onnxruntime']))}.</p>
+<table><tr>{head}</tr>{body}</table>
+<ul>{notes_html}</ul>
+{''.join(f'<p><b>warning:</b> {html.escape(w)}</p>' for w in data.get('warnings', []))}
+<img src="{PLOT}" alt="accuracy versus latency"><img src="{MEMORY_PLOT}" alt="memory">
+</body></html>
+"""
+
+
+def plots(root: Path, data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = data["results"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend in sorted({r["backend"] for r in results}):
+        front = sorted((r for r in results if r["backend"] == backend and r["pareto"]),
+                       key=lambda r: r["latency_ms"]["p50"])
+        ax.plot([r["latency_ms"]["p50"] for r in front], [100 * r["top1"] for r in front], "--", color="gray",
+                lw=1, label=f"Pareto front ({backend})")
+    for r in results:
+        x, y = r["latency_ms"]["p50"], 100 * r["top1"]
+        on_target = r["target"] in ("any", r["backend"])
+        style = dict(marker="*", s=220, color="goldenrod") if r["variant"] == "fp32" else dict(
+            marker="o", s=70, color="tab:blue" if on_target else "white", edgecolors="tab:blue")
+        ax.scatter([x], [y], zorder=3, **style)
+        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    ax.set_xlabel(f"latency p50, batch 1 (ms) on {results[0]['backend']}")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("accuracy vs latency (★ FP32; hollow: latency not on its target runtime)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, root / PLOT)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [r["variant"] for r in results]
+    xs = range(len(names))
+    ax.bar([i - 0.2 for i in xs], [r["file_bytes"] / 1e6 for r in results], 0.4, label="model file")
+    ax.bar([i + 0.2 for i in xs], [r["peak_rss_bytes"] / 1e6 for r in results], 0.4, label="peak RSS, batch 1")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("MB")
+    ax.set_title("memory per variant")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, root / MEMORY_PLOT)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write(root: str | Path, data: dict) -> None:
+    root = Path(root)
+    plots(root, data)
+    write_json(root / "report.json", data)
+    write_text(root / "report.md", markdown(data))
+    write_text(root / "report.csv", to_csv(data))
+    write_text(root / "report.html", to_html(data))

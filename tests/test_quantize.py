@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+from compress.backends import onnxruntime as ort  # noqa: E402
+from compress.measure import accuracy, top5  # noqa: E402
+from compress.quantize import quantize, tensorrt_problems  # noqa: E402
+from conftest import TINY, images  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int8(tiny_onnx, data_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "int8.onnx"
+    info = quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8", "percentile")
+    return out, info
+
+
+@pytest.fixture(scope="module")
+def int8_cpu(tiny_onnx, data_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "int8-cpu.onnx"
+    quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8-cpu", "minmax")
+    return out
+
+
+def producers(proto):
+    return {o: n for n in proto.graph.node for o in n.output}
+
+
+def test_int8_is_symmetric_per_channel_without_int32_bias(int8):
+    proto = onnx.load(str(int8[0]))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        zero_point = inits[n.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), n.name
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            assert inits[n.input[0]].dtype == np.int8, f"{n.name}: {inits[n.input[0]].dtype} (int32 bias?)"
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    prod = producers(proto)
+    for conv in convs:
+        weight_dq = prod[conv.input[1]]
+        scale = inits[weight_dq.input[1]]
+        out_channels = inits[weight_dq.input[0]].shape[0]
+        assert scale.shape == (out_channels,), f"{conv.name}: per-channel weight scales"
+        if len(conv.input) > 2:  # the bias stays float, fed directly
+            assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
+
+
+def test_int8_feeds_every_conv_gemm_and_residual_add_from_dequantize(int8):
+    proto = onnx.load(str(int8[0]))
+    prod = producers(proto)
+    nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(nodes) == 16  # stem + 2 stages x (2 blocks x 3 convs + downsample) + fc
+    for n in nodes:
+        assert prod[n.input[0]].op_type == "DequantizeLinear", f"{n.name} activation"
+        assert prod[n.input[1]].op_type == "DequantizeLinear", f"{n.name} weight"
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    assert len(adds) == 4  # one residual Add per Bottleneck
+    for add in adds:
+        assert [prod[t].op_type for t in add.input] == ["DequantizeLinear", "DequantizeLinear"], add.name
+    # Q/DQ only on inputs of Conv/Gemm/Add: a Conv output is quantized only where it enters a residual Add
+    # (TensorRT then fuses Conv+Add+ReLU); before a ReLU it stays float.
+    def consumers(tensor):
+        return [m for m in proto.graph.node if tensor in m.input]
+
+    for n in proto.graph.node:
+        if n.op_type == "Conv":
+            for q in (m for m in consumers(n.output[0]) if m.op_type == "QuantizeLinear"):
+                dq = consumers(q.output[0])
+                assert [m.op_type for d in dq for m in consumers(d.output[0])] == ["Add"], n.name
+    assert tensorrt_problems(proto) == []
+    assert int8[1]["target"] == "tensorrt" and int8[1]["images"] == 64
+
+
+def test_checker_finds_planted_problems(int8):
+    proto = onnx.load(str(int8[0]))
+    prod = producers(proto)
+    add = next(n for n in proto.graph.node if n.op_type == "Add")
+    dq = prod[add.input[1]]
+    add.input[1] = dq.input[0].replace("_QuantizeLinear_Output", "")  # bypass one residual input's Q/DQ
+    zp = next(i for i in proto.graph.initializer if i.name == dq.input[2])
+    zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), zp.name))
+    problems = tensorrt_problems(proto)
+    assert any("residual Add input" in p for p in problems)
+    assert any("non-zero zero point" in p for p in problems)
+
+
+def test_int8_accuracy_close_to_fp32(tiny_onnx, int8, data_dirs):
+    evaluation = images(data_dirs["eval"])
+    fp32 = top5(ort.logits(tiny_onnx, evaluation, TINY, as_written=False))
+    base = accuracy(fp32, evaluation.labels, fp32)
+    assert base["top1"] >= 0.9, "the tiny model learnt its generated classes"
+    q = accuracy(top5(ort.logits(int8[0], evaluation, TINY, as_written=True)), evaluation.labels, fp32)
+    assert q["agreement"] >= 0.9 and q["top1"] >= base["top1"] - 0.1
+    assert q["flips"] == round((1 - q["agreement"]) * q["images"])
+
+
+def test_int8_cpu_uses_uint8_activations(int8_cpu, tiny_onnx, data_dirs):
+    proto = onnx.load(str(int8_cpu))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    act_zp = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert act_zp and all(z.dtype == np.uint8 for z in act_zp)
+    evaluation = images(data_dirs["eval"])
+    fp32 = top5(ort.logits(tiny_onnx, evaluation, TINY, as_written=False))
+    q = accuracy(top5(ort.logits(int8_cpu, evaluation, TINY, as_written=False)), evaluation.labels, fp32)
+    assert q["agreement"] >= 0.9
+
+
+def test_accuracy_counts_flips_by_direction():
+    labels = np.array([0, 1, 2, 3])
+    base = np.array([[0], [1], [0], [3]])  # right, right, wrong, right
+    pred = np.array([[0], [2], [2], [3]])  # right, wrong, right, right
+    r = accuracy(pred, labels, base)
+    assert (r["top1"], r["agreement"], r["flips"], r["flips_to_wrong"], r["flips_to_right"]) == (0.75, 0.5, 2, 1, 1)
+    logits = np.array([[0.1, 0.9, 0.5, 0.0, 0.2, 0.3]])
+    assert top5(logits).tolist() == [[1, 2, 5, 4, 0]]
