@@ -55,9 +55,76 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resize", type=_positive_int, default=256, help="shorter side before the crop (default 256)")
     r.add_argument("--crop", type=_positive_int, default=224, help="center crop (default 224)")
 
+    b = sub.add_parser("build", help="build and measure TensorRT engines of a run's variants on this GPU",
+                       description="Build a TensorRT engine per variant and precision for this machine's GPU "
+                       "(FP32 with TF32 off, FP16, INT8 from the Q/DQ variant), measure them on the run's images "
+                       "and add them to the report. Engines are kept per device and TensorRT version.")
+    b.add_argument("run_dir", help="a run directory, or an unpacked bundle")
+    b.add_argument("--precisions", default="fp32,fp16,int8", help="comma list of fp32, fp16, int8")
+    b.add_argument("--max-batch", type=_positive_int, default=32, help="largest batch of the profile (default 32)")
+    b.add_argument("--workspace", type=_positive_int, metavar="MiB", help="builder workspace limit")
+    b.add_argument("--timing-cache", metavar="PATH", help="timing cache file (default: beside the engines)")
+    b.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (FP16/INT8)")
+    b.add_argument("--gpu-fallback", action="store_true", help="let layers DLA cannot run fall back to the GPU")
+    b.add_argument("--runs", type=_positive_int, default=200, help="timed runs per engine (default 200)")
+
+    bu = sub.add_parser("bundle", help="write a deploy bundle for a Jetson (engines are built on the device)")
+    bu.add_argument("run_dir")
+    bu.add_argument("--target", required=True, help="orin-nano, orin-nx, agx-orin, xavier")
+    bu.add_argument("--out", help="folder for the .tar.gz (default: RUN_DIR/bundles)")
+    bu.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the profile (default 8)")
+    bu.add_argument("--eval-images", action="store_true", help="include the evaluation images, not just their list")
+
+    sub.add_parser("doctor", help="list every backend, usable here or not, with the reason")
+
     rep = sub.add_parser("report", help="rewrite report.{md,csv,html} and plots from a run's report.json")
     rep.add_argument("run_dir")
     return p
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    from compress.engine import PRECISIONS
+
+    wanted = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in wanted if p not in PRECISIONS]
+    if bad or not wanted:
+        raise UserError(f"unknown precision(s) {', '.join(bad) or text!r}", f"choose from {', '.join(PRECISIONS)}")
+    return wanted
+
+
+def _run_dir(text: str):
+    from pathlib import Path
+
+    path = Path(text)
+    if not (path / "variants").is_dir():
+        raise UserError(f"{path} is not a run directory (no variants/)", "pass the --out folder of 'compress run'")
+    return path
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    from compress.build import build
+
+    precisions, run_dir = _precisions(a.precisions), _run_dir(a.run_dir)
+    if a.gpu_fallback and a.dla_core is None:
+        raise UserError("--gpu-fallback only applies with --dla-core")
+    rows = build(run_dir, precisions, a.max_batch, a.workspace, a.timing_cache, a.dla_core, a.gpu_fallback, a.runs)
+    print(f"built and measured {len(rows)} engine(s); report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from compress.bundle import bundle
+
+    path = bundle(_run_dir(a.run_dir), a.target, a.out, a.max_batch, eval_images=a.eval_images)
+    print(path)
+    return 0
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from compress import doctor
+
+    print(doctor.table(doctor.backends()))
+    return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -75,6 +142,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     if not Path(spec.model).is_file():
         raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
+    for option, folder in (("--data", spec.data), ("--calib", spec.calib)):
+        if folder is not None and not Path(folder).is_dir():
+            raise UserError(f"{option} folder not found: {folder}", "pass a folder with labels.txt or class sub-folders")
     data = Run(spec).run()
     from compress.report import markdown
 
@@ -103,7 +173,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "build": cmd_build, "bundle": cmd_bundle, "doctor": cmd_doctor, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ _EXTRAS = {
     "torch_pruning": "torch",
     "onnx": "onnx",
     "onnxruntime": "onnx",
+    "onnxconverter_common": "onnx",
     "matplotlib": "report",
     "tensorrt": "tensorrt",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ def export(model, path: str | os.PathLike[str], crop: int, metadata: dict[str, s
 
     model = model.eval()
     dummy = torch.zeros(1, 3, crop, crop)
-    with atomic_path(path) as tmp, torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter: deterministic, fast, and no onnxscript dependency for a plain CNN.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=OPSET, do_constant_folding=True,
                           input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
@@ -66,3 +68,19 @@ def parity(model, onnx_path: str | os.PathLike[str], batch: np.ndarray, toleranc
         raise UserError(f"{Path(onnx_path).name}: ONNX export differs from torch: {json.dumps(result)}",
                         "a custom op or an unsupported layer may not export faithfully")
     return result
+
+
+def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """An FP16 copy of a float ONNX for strongly typed TensorRT (11+), float32 input and output kept.
+
+    onnxconverter-common's cast pass; TensorRT 11 has no FP16 builder flag, the network's types are the file's.
+    """
+    onnx = require("onnx")
+    float16 = require("onnxconverter_common.float16")
+    from compress.store import atomic_path
+
+    proto = onnx.load(str(src))
+    converted = float16.convert_float_to_float16(proto, keep_io_types=True)
+    set_metadata(converted, {"compress.precision": "fp16"})
+    with atomic_path(dst) as tmp:
+        onnx.save(converted, str(tmp))

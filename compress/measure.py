@@ -9,6 +9,11 @@ import sys
 import numpy as np
 
 
+def percentiles(times_ms) -> dict[str, float]:
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)), "p99": float(np.percentile(t, 99))}
+
+
 def top5(logits: np.ndarray) -> np.ndarray:
     """(N, 5) class indices, best first."""
     k = min(5, logits.shape[1])

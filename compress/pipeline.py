@@ -99,7 +99,7 @@ class Run:
             record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
         record["variant"], record["parent"] = v.name, v.parent
         self.records[v.name] = record
-        log(f"{v.name}: {'reused (inputs unchanged)' if reused else f'built in {record['seconds']} s'}")
+        log(f"{v.name}: " + ("reused (inputs unchanged)" if reused else f"built in {record['seconds']} s"))
 
     def _fp32_key(self) -> dict:
         s = self.spec
@@ -122,8 +122,6 @@ class Run:
             return {"source": "onnx", "parity": None}
         from compress import model as models
 
-        if not self.spec.arch:
-            raise UserError("a torch checkpoint needs --arch", "e.g. --arch resnet50-v1")
         net = models.load(self.spec.arch, self.spec.model)
         meta["compress.arch"] = self.spec.arch
         export.export(net, out, self.pre.crop, meta)
@@ -151,7 +149,7 @@ class Run:
         s = self.spec
         key = {"onnx": sha256_file(path), "images": evaluation.key, "as_written": as_written,
                "runs": s.latency_runs, "batch": s.throughput_batch, "threads": s.threads,
-               "onnxruntime": ort.version(), "compress": __version__}
+               "onnxruntime": ort.version(), "saturation_guard": ort.saturation_guard(), "compress": __version__}
         directory = self.root / "results" / ORT_CPU / v.name
 
         def build(d: Path) -> dict:
@@ -164,6 +162,7 @@ class Run:
         record, reused = stage(directory, key, ["top5.npy"], build)
         log(f"{v.name}: {'measurement reused' if reused else 'measured'} on {ORT_CPU}")
         timing = record["timing"]
+        guard = ", session.x64quantprecision=1 (no VNNI)" if key["saturation_guard"] else ""
         return {
             "variant": v.name,
             "parent": v.parent,
@@ -171,8 +170,8 @@ class Run:
             "precision": "int8" if v.precision.startswith("int8") else v.precision,
             "target": TARGETS.get(v.precision, "any"),
             "accuracy_method": ("Q/DQ executed as written (graph optimisations off), TensorRT's arithmetic"
-                                if as_written else "onnxruntime CPU kernels, all optimisations"),
-            "latency_method": ("onnxruntime CPU kernels, all optimisations; " + timing["timer"]),
+                                if as_written else f"onnxruntime CPU kernels, all optimisations{guard}"),
+            "latency_method": f"onnxruntime CPU kernels, all optimisations{guard}; " + timing["timer"],
             "pred5": np.load(directory / "top5.npy"),
             **{k: timing[k] for k in ("latency_ms", "batch_size", "throughput_ips", "throughput_batch",
                                       "peak_rss_bytes", "baseline_rss_bytes", "threads")},
@@ -205,9 +204,18 @@ class Run:
             r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
         for r in results:
             del r["pred5"]
-        data = report.assemble(results, measure.environment(), s, evaluation, warnings)
+        data = report.assemble(results, measure.environment(), s, evaluation, warnings, not_measured())
         report.write(self.root, data)
         return data
+
+
+def not_measured() -> list[dict]:
+    """Backends this machine cannot measure, with the reason: the report says so instead of staying silent."""
+    from compress import doctor
+
+    wanted = {"tensorrt": ["fp32", "fp16", "int8"], "torch-cuda": ["fp32", "tf32", "fp16"]}
+    return [{"backend": b["name"], "precisions": wanted[b["name"]], "reason": b["reason"]}
+            for b in doctor.backends() if b["name"] in wanted and not b["usable"]]
 
 
 def _top5(logits: np.ndarray) -> np.ndarray:

@@ -13,9 +13,10 @@ Two formats, each for the runtime that will execute it:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,22 +71,22 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     # Collect statistics a few batches at a time: histograms are merged, activations are not all kept.
     extra["CalibStridedMinMax"] = next(s for s in range(min(8, len(reader)), 0, -1) if len(reader) % s == 0)
     started = time.perf_counter()
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs pre-processing advice we do not need
+    root_logger, level = logging.getLogger(), logging.getLogger().level
+    root_logger.setLevel(logging.ERROR)  # the quantizer logs pre-processing advice we do not need
     try:
-        with atomic_path(out_onnx) as tmp, tempfile.TemporaryDirectory(prefix="compress-q-") as work:
-            src = Path(work) / "model.onnx"
-            src.write_bytes(Path(fp32_onnx).read_bytes())
-            q.quantize_static(
-                str(src), str(tmp), reader,
-                quant_format=q.QuantFormat.QDQ,
-                activation_type=getattr(q.QuantType, spec.activation),
-                weight_type=q.QuantType.QInt8,
-                calibrate_method=calib_method,
-                op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
-                per_channel=True,
-                nodes_to_exclude=nodes_to_exclude or [],
-                extra_options=extra,
-            )
+        with atomic_path(out_onnx) as tmp:
+            with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints its progress to stdout
+                q.quantize_static(
+                    str(fp32_onnx), str(tmp), reader,
+                    quant_format=q.QuantFormat.QDQ,
+                    activation_type=getattr(q.QuantType, spec.activation),
+                    weight_type=q.QuantType.QInt8,
+                    calibrate_method=calib_method,
+                    op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
+                    per_channel=True,
+                    nodes_to_exclude=nodes_to_exclude or [],
+                    extra_options=extra,
+                )
             onnx = require("onnx")
             proto = onnx.load(str(tmp))
             meta = metadata(fp32_onnx)
@@ -99,6 +100,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             onnx.save(proto, str(tmp))
     finally:
         reader.close()
+        root_logger.setLevel(level)
     return {"format": fmt, "target": spec.target, "method": method, "images": len(images),
             "percentile": percentile if method == "percentile" else None,
             "calibration_seconds": round(time.perf_counter() - started, 2),

@@ -80,6 +80,13 @@ class RunSpec:
         for name, value in (("--eval-limit", self.eval_limit), ("--calib-limit", self.calib_limit)):
             if value is not None and value < 1:
                 raise UserError(f"{name} must be a positive number of images, got {value}")
+        if not self.is_onnx_model:
+            from compress.model import ARCHS
+
+            if not self.arch:
+                raise UserError("a torch checkpoint needs --arch", f"one of: {', '.join(ARCHS)}")
+            if self.arch not in ARCHS:
+                raise UserError(f"unknown architecture {self.arch!r}", f"choose one of: {', '.join(ARCHS)}")
         if self.max_top1_drop is not None and self.max_top1_drop < 0:
             raise UserError(f"--max-top1-drop is in top-1 points and must be >= 0, got {self.max_top1_drop}")
 

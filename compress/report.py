@@ -14,13 +14,36 @@ from compress.store import atomic_path, write_json, write_text
 PLOT, MEMORY_PLOT = "accuracy_latency.png", "memory.png"
 
 
-def assemble(results: list[dict], env: dict, spec, evaluation, warnings: list[str]) -> dict:
-    base = next(r for r in results if r["variant"] == "fp32")
+def derive(results: list[dict]) -> None:
+    """Deltas against FP32: accuracy against the baseline's on the same images; speed and size against the FP32
+    row of the same backend (a CPU and a GPU latency do not divide)."""
+    base = next(r for r in results if r["variant"] == "fp32" and r["backend"] == "onnxruntime-cpu")
     for r in results:
-        r["top1_delta"] = round((r["top1"] - base["top1"]) * 100, 2)  # points
-        r["speedup"] = round(base["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)
-        r["size_ratio"] = round(r["file_bytes"] / base["file_bytes"], 4)
+        same = next((b for b in results if b["backend"] == r["backend"] and b["variant"] == "fp32"
+                     and b["precision"] == "fp32"), None)
+        r["top1_delta"] = round((r["top1"] - base["top1"]) * 100, 2) if r.get("top1") is not None else None
+        r["speedup"] = round(same["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3) if same else None
+        r["size_ratio"] = round(r["file_bytes"] / same["file_bytes"], 4) if same else None
     mark_pareto(results)
+
+
+def merge(root: str | Path, rows: list[dict]) -> dict:
+    """Add (or replace) rows measured elsewhere, e.g. TensorRT engines on a GPU, and rewrite the report."""
+    from compress.store import read_json
+
+    data = read_json(Path(root) / "report.json")
+    keys = {(r["variant"], r["backend"], r.get("engine")) for r in rows}
+    data["results"] = [r for r in data["results"] if (r["variant"], r["backend"], r.get("engine")) not in keys] + rows
+    data["not_measured"] = [n for n in data.get("not_measured", [])
+                            if not any(r["backend"].startswith(n["backend"]) for r in rows)]
+    derive(data["results"])
+    write(root, data)
+    return data
+
+
+def assemble(results: list[dict], env: dict, spec, evaluation, warnings: list[str],
+             not_measured: list[dict] | None = None) -> dict:
+    derive(results)
     return {
         "baseline": "fp32",
         "results": results,
@@ -28,6 +51,7 @@ def assemble(results: list[dict], env: dict, spec, evaluation, warnings: list[st
         "images": {"evaluation": spec.data, "count": len(evaluation), "skipped": len(evaluation.skipped),
                    "calibration": spec.calib},
         "warnings": warnings,
+        "not_measured": not_measured or [],
         "recipe": spec.to_dict(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -37,8 +61,8 @@ def mark_pareto(results: list[dict]) -> None:
     """A result is on the front if no result of the same backend is at least as accurate and at least as fast,
     and strictly better in one of the two."""
     for r in results:
-        r["pareto"] = not any(
-            o is not r and o["backend"] == r["backend"]
+        r["pareto"] = r.get("top1") is not None and not any(
+            o is not r and o["backend"] == r["backend"] and o.get("top1") is not None
             and o["top1"] >= r["top1"] and o["latency_ms"]["p50"] <= r["latency_ms"]["p50"]
             and (o["top1"] > r["top1"] or o["latency_ms"]["p50"] < r["latency_ms"]["p50"])
             for o in results)
@@ -46,11 +70,12 @@ def mark_pareto(results: list[dict]) -> None:
 
 def over_budget(data: dict, max_top1_drop: float) -> list[tuple[str, float]]:
     """Variants whose top-1 fell more than `max_top1_drop` points below FP32."""
-    return [(r["variant"], -r["top1_delta"]) for r in data["results"] if -r["top1_delta"] > max_top1_drop]
+    return [(r["variant"], -r["top1_delta"]) for r in data["results"]
+            if r.get("top1_delta") is not None and -r["top1_delta"] > max_top1_drop]
 
 
 COLUMNS = [
-    ("variant", lambda r: r["variant"]),
+    ("variant", lambda r: r.get("engine", r["variant"]).removesuffix(".engine")),
     ("backend", lambda r: r["backend"]),
     ("target", lambda r: r["target"]),
     ("top1 %", lambda r: f"{100 * r['top1']:.2f}"),
@@ -69,8 +94,15 @@ COLUMNS = [
 ]
 
 
+def _cell(f, r: dict) -> str:
+    try:
+        return f(r)
+    except (KeyError, TypeError):  # not measured for this row (e.g. no RSS for a GPU engine)
+        return "—"
+
+
 def rows(data: dict) -> list[list[str]]:
-    return [[f(r) for _, f in COLUMNS] for r in data["results"]]
+    return [[_cell(f, r) for _, f in COLUMNS] for r in data["results"]]
 
 
 def markdown(data: dict) -> str:
@@ -99,24 +131,26 @@ def markdown(data: dict) -> str:
         lines.append(f"- `{name}`: accuracy by {acc}; latency by {lat}.{note}")
     lines.append("- Latency is batch 1 (p50/p90/p99 after warm-up); img/s at the batch shown; peak RSS is a fresh "
                  "process that loaded the model and ran batch 1 (it includes the runtime itself).")
+    for n in data.get("not_measured", []):
+        lines.append(f"- {n['backend']} ({', '.join(n['precisions'])}): not measured here: {n['reason']}")
     if data.get("warnings"):
         lines += ["", "Warnings:", *(f"- {w}" for w in data["warnings"])]
     lines += ["", f"![accuracy vs latency]({PLOT})", "", f"![memory]({MEMORY_PLOT})", ""]
     return "\n".join(lines)
 
 
+CSV_FIELDS = ["variant", "engine", "backend", "precision", "target", "images", "top1", "top5", "top1_delta",
+              "agreement", "flips", "flips_to_wrong", "flips_to_right", "p50_ms", "p90_ms", "p99_ms", "speedup",
+              "throughput_ips", "throughput_batch", "file_bytes", "peak_rss_bytes", "pareto"]
+
+
 def to_csv(data: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["variant", "backend", "precision", "target", "images", "top1", "top5", "top1_delta", "agreement",
-                "flips", "flips_to_wrong", "flips_to_right", "p50_ms", "p90_ms", "p99_ms", "speedup",
-                "throughput_ips", "throughput_batch", "file_bytes", "peak_rss_bytes", "pareto"])
+    w.writerow(CSV_FIELDS)
     for r in data["results"]:
-        lat = r["latency_ms"]
-        w.writerow([r["variant"], r["backend"], r["precision"], r["target"], r["images"], r["top1"], r["top5"],
-                    r["top1_delta"], r["agreement"], r["flips"], r["flips_to_wrong"], r["flips_to_right"],
-                    lat["p50"], lat["p90"], lat["p99"], r["speedup"], r["throughput_ips"], r["throughput_batch"],
-                    r["file_bytes"], r["peak_rss_bytes"], r["pareto"]])
+        flat = {**r, **{f"{k}_ms": v for k, v in r["latency_ms"].items()}}
+        w.writerow(["" if flat.get(k) is None else flat[k] for k in CSV_FIELDS])
     return buf.getvalue()
 
 
@@ -149,25 +183,28 @@ def plots(root: Path, data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = data["results"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for backend in sorted({r["backend"] for r in results}):
-        front = sorted((r for r in results if r["backend"] == backend and r["pareto"]),
-                       key=lambda r: r["latency_ms"]["p50"])
+    results = [r for r in data["results"] if r.get("top1") is not None]
+    backends = sorted({r["backend"] for r in results}, key=lambda b: (b != "onnxruntime-cpu", b))
+    fig, axes = plt.subplots(1, len(backends), figsize=(7 * len(backends), 4.5), squeeze=False)
+    for ax, backend in zip(axes[0], backends):  # one panel per device: latencies of two devices don't compare
+        mine = [r for r in results if r["backend"] == backend]
+        front = sorted((r for r in mine if r["pareto"]), key=lambda r: r["latency_ms"]["p50"])
         ax.plot([r["latency_ms"]["p50"] for r in front], [100 * r["top1"] for r in front], "--", color="gray",
-                lw=1, label=f"Pareto front ({backend})")
-    for r in results:
-        x, y = r["latency_ms"]["p50"], 100 * r["top1"]
-        on_target = r["target"] in ("any", r["backend"])
-        style = dict(marker="*", s=220, color="goldenrod") if r["variant"] == "fp32" else dict(
-            marker="o", s=70, color="tab:blue" if on_target else "white", edgecolors="tab:blue")
-        ax.scatter([x], [y], zorder=3, **style)
-        ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    ax.set_xlabel(f"latency p50, batch 1 (ms) on {results[0]['backend']}")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("accuracy vs latency (★ FP32; hollow: latency not on its target runtime)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+                lw=1, label="Pareto front")
+        for r in mine:
+            x, y = r["latency_ms"]["p50"], 100 * r["top1"]
+            on_target = r["target"] in ("any", r["backend"]) or r["backend"].startswith(r["target"])
+            style = dict(marker="*", s=220, color="goldenrod") if r["variant"] == "fp32" else dict(
+                marker="o", s=70, color="tab:blue" if on_target else "white", edgecolors="tab:blue")
+            ax.scatter([x], [y], zorder=3, **style)
+            ax.annotate(r.get("engine", r["variant"]).removesuffix(".engine"), (x, y), textcoords="offset points",
+                        xytext=(6, 6), fontsize=9)
+        ax.margins(0.2)
+        ax.set_xlabel(f"latency p50, batch 1 (ms) on {backend}")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title("accuracy vs latency (★ FP32; hollow: not on its target runtime)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     _save(fig, root / PLOT)
 
     fig, ax = plt.subplots(figsize=(7, 4))

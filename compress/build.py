@@ -1,0 +1,143 @@
+"""`compress build`: TensorRT engines for this machine's GPU from a run (or bundle) directory, measured on the
+run's evaluation images and added to its report.
+
+Engines live under `engines/<device key>/`, the key naming GPU, compute capability, TensorRT version and OS;
+beside each engine a JSON sidecar says what it is. An engine whose sidecar names another device is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from compress.bundle import engine_precisions, plans_for, variants
+from compress.engine import BUILD_MAJORS, BuildPlan, Device, Profile, check_compatible, reusable, sidecar
+from compress.errors import UserError
+from compress.store import atomic_path, read_json, sha256_file, write_json
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32, workspace_mib: int | None = None,
+          timing_cache: str | Path | None = None, dla_core: int | None = None, gpu_fallback: bool = False,
+          runs: int = 200) -> list[dict]:
+    from compress.backends import tensorrt as trt
+
+    run_dir = Path(run_dir)
+    reason = trt.unavailable()
+    if reason:
+        raise UserError(f"cannot build TensorRT engines on this machine: {reason}",
+                        "'compress doctor' lists the backends; for a Jetson, 'compress bundle' then build there")
+    device = trt.device()
+    if device.tensorrt_major not in BUILD_MAJORS:
+        raise UserError(f"TensorRT {device.tensorrt} is not supported by compress build",
+                        "use TensorRT 10 or 11, or the trtexec lines of 'compress bundle'")
+    recipe = read_json(run_dir / "recipe.json") if (run_dir / "recipe.json").exists() else {}
+    crop = recipe.get("preprocess", {}).get("crop", 224)
+    found = [v for v in variants(run_dir) if engine_precisions(v["precision"])]
+    where = (dla_core,) if dla_core is not None else (None,)
+    plans = plans_for(found, device.tensorrt_major, precisions, Profile("input", (3, crop, crop), 1, 1, max_batch),
+                      where, gpu_fallback, workspace_mib)
+    engine_dir = run_dir / "engines" / device.key
+    cache = Path(timing_cache) if timing_cache else engine_dir / "timing.cache"
+    rows = []
+    for p in plans:
+        engine = build_one(run_dir, engine_dir, p, device, cache)
+        rows.append(measure_engine(run_dir, engine, recipe, max_batch, runs))
+    from compress import report
+
+    report.merge(run_dir, rows)
+    return rows
+
+
+def build_one(run_dir: Path, engine_dir: Path, p: BuildPlan, device: Device, cache: Path) -> Path:
+    from compress import export
+    from compress.backends import tensorrt as trt
+
+    onnx = run_dir / "variants" / p.variant / p.onnx
+    if not onnx.exists() and p.onnx == "model-fp16.onnx":
+        export.to_fp16(onnx.with_name("model.onnx"), onnx)
+    digest = sha256_file(onnx)
+    engine, side_path = engine_dir / f"{p.engine_name}.engine", engine_dir / f"{p.engine_name}.json"
+    side = read_json(side_path) if side_path.exists() and engine.exists() else None
+    if reusable(side, p, device, digest):
+        log(f"{p.engine_name}: engine reused ({engine})")
+        return engine
+    log(f"{p.engine_name}: building ({', '.join(p.set_flags) or 'no flags'}"
+        f"{'; cleared ' + ', '.join(p.clear_flags) if p.clear_flags else ''})")
+    data, seconds = trt.build(p, onnx, cache)
+    with atomic_path(engine) as tmp:
+        tmp.write_bytes(data)
+    write_json(side_path, sidecar(p, device, digest, seconds, len(data)))
+    return engine
+
+
+def load_engine(engine: Path, device: Device) -> bytes:
+    """The engine's bytes, refused if its sidecar names another device or TensorRT version."""
+    side_path = engine.with_suffix(".json")
+    if not side_path.exists():
+        raise UserError(f"{engine} has no sidecar", "engines are only used where 'compress build' made them")
+    check_compatible(read_json(side_path), device)
+    return engine.read_bytes()
+
+
+def evaluation_folder(run_dir: Path, recipe: dict) -> Path | None:
+    """Images to measure accuracy on: a bundle's own copy, else the run's --data folder."""
+    bundled = run_dir / "eval"
+    if (bundled / "labels.txt").exists():
+        return bundled
+    data = recipe.get("data")
+    return Path(data) if data and Path(data).is_dir() else None
+
+
+def measure_engine(run_dir: Path, engine: Path, recipe: dict, batch: int, runs: int) -> dict:
+    """GPU latency by CUDA events (CUDA graph off and on), copies apart, throughput, memory and accuracy."""
+    import calibration
+    from calibration.images import Preprocess
+    from compress import measure
+    from compress.backends import tensorrt as trt
+
+    device = trt.device()
+    side = read_json(engine.with_suffix(".json"))
+    data = load_engine(engine, device)
+    one = trt.Runner(data, 1)
+    plain = one.time_gpu(runs, warmup=20, cuda_graph=False)
+    graphed = one.time_gpu(runs, warmup=20, cuda_graph=True)
+    copies = one.time_copies(20)
+    many = trt.Runner(data, batch)
+    batch_ms = float(np.median(many.time_gpu(max(runs // 10, 10), warmup=5, cuda_graph=False)))
+    row = {
+        "variant": side["variant"], "engine": engine.name, "backend": f"tensorrt-{device.key}",
+        "precision": side["precision"], "target": "tensorrt", "dla_core": side["build"]["dla_core"],
+        "latency_ms": measure.percentiles(plain), "latency_ms_cuda_graph": measure.percentiles(graphed),
+        "copies_ms": copies, "batch_size": 1, "throughput_batch": batch,
+        "throughput_ips": batch * 1000.0 / batch_ms,
+        "engine_bytes": side["engine_bytes"], "activation_bytes": one.activation_bytes,
+        "device_memory_delta_bytes": one.device_memory_delta, "peak_rss_bytes": None,
+        "file_bytes": side["engine_bytes"], "onnx": f"variants/{side['variant']}/{side['source_onnx']}",
+        "latency_method": "CUDA events around execute_async_v3 on one stream, after warm-up; host-device copies "
+                          "timed separately (copies_ms)",
+        "accuracy_method": "TensorRT engine on this GPU",
+    }
+    folder = evaluation_folder(run_dir, recipe)
+    if folder is None:
+        row["accuracy_note"] = "no evaluation images here"
+        return row
+    pre = Preprocess.from_dict(recipe["preprocess"]) if recipe.get("preprocess") else Preprocess()
+    images = calibration.load(folder, pre, recipe.get("eval_limit"), run_dir / "cache")
+    logits = []
+    for x, _ in images.batches(pre, batch):
+        padded = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)]) if len(x) < batch else x
+        logits.append(many.infer(padded)[: len(x)])
+    pred5 = measure.top5(np.concatenate(logits))
+    base_path = run_dir / "results" / "onnxruntime-cpu" / "fp32" / "top5.npy"
+    base = np.load(base_path) if base_path.exists() else None
+    if base is None or len(base) != len(pred5):
+        base = pred5  # no FP32 reference on these images: agreement is not measured
+        row["agreement_note"] = "no FP32 predictions on the same images"
+    row.update(measure.accuracy(pred5, images.labels, base))
+    return row

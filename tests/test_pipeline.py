@@ -1,0 +1,134 @@
+"""End to end through the CLI on the tiny model: report contract, reuse, resume, budget exit code."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("matplotlib")
+
+from compress.cli import main  # noqa: E402
+
+FAST = ["--crop", "32", "--resize", "36", "--latency-runs", "5", "--throughput-batch", "4"]
+
+
+def run(capsys, *args):
+    code = main(["run", *args, *FAST])
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_checkpoint, data_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    args = ["--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+            "--calib", str(data_dirs["calib"]), "--out", str(out), "--variants", "int8,int8-cpu"]
+    code = main(["run", *args, *FAST])
+    return out, args, code
+
+
+def test_report_contract(first_run):
+    out, _, code = first_run
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["baseline"] == "fp32"
+    assert [r["variant"] for r in data["results"]] == ["fp32", "int8", "int8-cpu"]
+    for r in data["results"]:
+        for key in ("variant", "backend", "precision", "images", "top1", "top5", "agreement", "flips", "latency_ms",
+                    "batch_size", "throughput_ips", "peak_rss_bytes", "file_bytes", "onnx", "target"):
+            assert key in r, key
+        assert r["backend"] == "onnxruntime-cpu" and r["images"] == 64 and r["batch_size"] == 1
+        assert 0 <= r["top5"] <= 1 and r["top1"] <= r["top5"] and 0 <= r["agreement"] <= 1
+        assert set(r["latency_ms"]) == {"p50", "p90", "p99"}
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        assert r["throughput_ips"] > 0 and r["peak_rss_bytes"] > r["file_bytes"] > 0
+        assert (out / r["onnx"]).is_file()
+    fp32, int8, cpu = data["results"]
+    assert fp32["top1"] >= 0.9 and fp32["agreement"] == 1.0 and fp32["flips"] == 0
+    assert (int8["precision"], int8["target"]) == ("int8", "tensorrt")
+    assert (cpu["precision"], cpu["target"]) == ("int8", "onnxruntime-cpu")
+    assert "as written" in int8["accuracy_method"] and "as written" not in cpu["accuracy_method"]
+    assert int8["file_bytes"] < fp32["file_bytes"]  # tiny model: Q/DQ parameters weigh; ResNet-50 is checked at 30%
+    for key in ("python", "onnxruntime", "torch", "cpu"):
+        assert data["env"][key]
+    assert fp32["build"]["parity"]["top1_agreement"] == 1.0
+
+
+def test_report_files(first_run):
+    out = first_run[0]
+    md = (out / "report.md").read_text()
+    assert "| fp32 |" in md and "| int8-cpu |" in md and "not on its target runtime (tensorrt)" in md
+    csv_lines = (out / "report.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("variant,engine,backend,precision")
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "accuracy_latency.png" in html and "memory.png" in html
+    for png in ("accuracy_latency.png", "memory.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_reuses_every_stage(first_run, capsys):
+    out, args, _ = first_run
+    before = json.loads((out / "report.json").read_text())
+    code, cap = run(capsys, *args)
+    assert code == 0
+    for name in ("fp32", "int8", "int8-cpu"):
+        assert f"{name}: reused (inputs unchanged)" in cap.err
+        assert f"{name}: measurement reused" in cap.err
+    after = json.loads((out / "report.json").read_text())
+    assert [r["top1"] for r in after["results"]] == [r["top1"] for r in before["results"]]
+
+
+def test_damaged_or_unfinished_stages_are_redone(first_run, capsys):
+    out, args, _ = first_run
+    (out / "variants" / "int8" / "model.onnx").write_bytes(b"half-written")
+    (out / "results" / "onnxruntime-cpu" / "int8-cpu" / "stage.json").unlink()  # killed before the record
+    code, cap = run(capsys, *args)
+    assert code == 0
+    assert "fp32: reused" in cap.err and "int8-cpu: reused" in cap.err
+    assert "int8: built" in cap.err and "int8-cpu: measured" in cap.err
+    # quantization is deterministic: the rebuilt file is the same bytes, so its measurement still stands
+    assert "int8: measurement reused" in cap.err
+    assert not list(out.rglob("*.part"))
+
+
+def test_budget_exit_code(outlier_checkpoint, data_dirs, tmp_path, capsys):
+    args = ["--model", str(outlier_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+            "--calib", str(data_dirs["calib"]), "--out", str(tmp_path / "o")]
+    code, cap = run(capsys, *args, "--max-top1-drop", "1.0")
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    drop = -data["results"][1]["top1_delta"]
+    assert drop > 1.0  # the planted activation outlier breaks per-tensor INT8
+    assert code == 3 and f"int8 (-{drop:.2f})" in cap.err
+    code, _ = run(capsys, *args, "--max-top1-drop", str(drop + 0.5))
+    assert code == 0
+
+
+def test_onnx_model_and_overlap_warning(tiny_onnx, data_dirs, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, cap = run(capsys, "--model", str(tiny_onnx), "--data", str(data_dirs["eval"]),
+                    "--calib", str(data_dirs["eval"]), "--out", str(out), "--calib-limit", "16")
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["warnings"] and "also calibration images" in data["warnings"][0]
+    stage = json.loads((out / "variants" / "fp32" / "stage.json").read_text())
+    assert stage["source"] == "onnx"
+    code, cap = run(capsys, "--model", str(out / "variants" / "int8" / "model.onnx"), "--data",
+                    str(data_dirs["eval"]), "--out", str(tmp_path / "o2"), "--variants", "fp32")
+    assert code == 2 and "already quantized" in cap.err
+
+
+def test_pareto_and_budget_logic():
+    from compress.report import mark_pareto, over_budget
+
+    def r(name, top1, p50, backend="cpu"):
+        return {"variant": name, "top1": top1, "latency_ms": {"p50": p50}, "backend": backend}
+
+    results = [r("fp32", 0.80, 50), r("int8", 0.79, 20), r("slow", 0.78, 60), r("same", 0.80, 50.0),
+               r("gpu", 0.70, 100, "gpu")]
+    mark_pareto(results)
+    assert [x["pareto"] for x in results] == [True, True, False, True, True]
+    data = {"results": [{"variant": "a", "top1_delta": -0.3}, {"variant": "b", "top1_delta": -1.2},
+                        {"variant": "c", "top1_delta": 0.4}]}
+    assert over_budget(data, 0.5) == [("b", 1.2)]
+    assert np.isclose(over_budget(data, 0.0)[0][1], 0.3)

@@ -1,0 +1,38 @@
+"""A short run on the real ResNet-50 v1 and ImageNet images; skipped where the reference assets are absent."""
+
+import json
+
+import pytest
+
+from conftest import REFERENCE, REFERENCE_MODEL
+
+pytestmark = [
+    pytest.mark.reference,
+    pytest.mark.skipif(not (REFERENCE / "imagenet-val" / "labels.txt").is_file(),
+                       reason=f"reference images not found at {REFERENCE}"),
+    pytest.mark.skipif(not REFERENCE_MODEL.is_file(),
+                       reason=f"reference model not found at {REFERENCE_MODEL}; run 'make reference-model'"),
+]
+
+
+def test_reference_resnet50_v1_short_run(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import onnx
+
+    from compress.cli import main
+    from compress.quantize import tensorrt_problems
+
+    out = tmp_path / "ref"
+    code = main(["run", "--model", str(REFERENCE_MODEL), "--arch", "resnet50-v1",
+                 "--data", str(REFERENCE / "imagenet-val"), "--calib", str(REFERENCE / "imagenet-calib"),
+                 "--out", str(out), "--eval-limit", "48", "--calib-limit", "32", "--latency-runs", "3",
+                 "--throughput-batch", "2"])
+    capsys.readouterr()
+    assert code == 0
+    data = json.loads((out / "report.json").read_text())
+    fp32, int8 = data["results"]
+    assert fp32["build"]["parity"]["relative"] < 1e-4
+    assert fp32["images"] == 48 and fp32["top1"] >= 0.6  # these weights score about 80% on these images
+    assert int8["agreement"] >= 0.85  # 32 calibration images only: a smoke test, not the benchmark
+    assert int8["file_bytes"] <= 0.3 * fp32["file_bytes"]
+    assert tensorrt_problems(onnx.load(str(out / int8["onnx"]))) == []
