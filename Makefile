@@ -25,3 +25,6 @@ test: install
 reference: reference-model
 	$(BIN)/compress run --model "$$($(BIN)/python $(REF)/get_resnet50.py)" --arch resnet50-v1 \
 		--data $(REF)/imagenet-val --calib $(REF)/imagenet-calib --out $(RUN) --variants fp32,int8,int8-cpu
+
+typecheck: install
+	$(BIN)/python tests/tensorrt_typecheck.py
