@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--calib", help="calibration images (disjoint from --data); needed by INT8 variants")
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--variants", default="fp32,int8",
-                   help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU) (default: fp32,int8)")
+                   help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU), pNN, s24, and "
+                   "pruned+quantized such as p30-int8 (default: fp32,int8)")
     r.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
     r.add_argument("--calib-limit", type=_positive_int, default=512, help="calibrate on N images (default 512)")
     r.add_argument("--calibration", default="percentile", choices=["minmax", "entropy", "percentile"],
@@ -54,6 +55,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
     r.add_argument("--resize", type=_positive_int, default=256, help="shorter side before the crop (default 256)")
     r.add_argument("--crop", type=_positive_int, default=224, help="center crop (default 224)")
+    pr = r.add_argument_group("pruning (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
+    pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
+    pr.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor"],
+                    help="channel importance (taylor uses the calibration images' labels) (default l1)")
+    pr.add_argument("--round-to", type=_positive_int, default=8, help="channel counts multiple of (default 8)")
+    pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
+    pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
+                    help="skip re-estimating BatchNorm statistics after pruning")
+    pr.add_argument("--finetune-images", metavar="DIR", help="images for recovery (default: the calibration images)")
+    pr.add_argument("--finetune-epochs", type=int, default=0, help="epochs of distillation from FP32 (default 0)")
+    pr.add_argument("--finetune-labels", action="store_true", help="also use the images' labels (cross-entropy)")
 
     b = sub.add_parser("build", help="build and measure TensorRT engines of a run's variants on this GPU",
                        description="Build a TensorRT engine per variant and precision for this machine's GPU "
@@ -134,7 +146,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from compress.report import over_budget
 
     spec = RunSpec(model=a.model, arch=a.arch, data=a.data, calib=a.calib, out=a.out,
-                   variants=parse_variants(a.variants), eval_limit=a.eval_limit, calib_limit=a.calib_limit,
+                   variants=parse_variants(a.variants, a.prune_ratios), eval_limit=a.eval_limit,
+                   calib_limit=a.calib_limit, importance=a.importance, round_to=a.round_to,
+                   global_pruning=a.global_pruning, bn_recalibration=a.bn_recalibration,
+                   finetune_images=a.finetune_images, finetune_epochs=a.finetune_epochs,
+                   finetune_labels=a.finetune_labels,
                    calibration=a.calibration, max_top1_drop=a.max_top1_drop,
                    preprocess=Preprocess(resize=a.resize, crop=a.crop), latency_runs=a.latency_runs,
                    throughput_batch=a.throughput_batch, threads=a.threads)

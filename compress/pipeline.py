@@ -64,6 +64,8 @@ class Run:
         self.pre = spec.preprocess
         self.records: dict[str, dict] = {}
         self._calib: calibration.ImageSet | None = None
+        self._finetune: calibration.ImageSet | None = None
+        self._torch = None
 
     def onnx(self, name: str) -> Path:
         return self.root / "variants" / name / "model.onnx"
@@ -90,8 +92,8 @@ class Run:
         if v.precision == "fp32" and v.prune is None:
             record, reused = stage(directory, self._fp32_key(), ["model.onnx"], lambda d: self._fp32(d, sample))
         elif v.precision == "fp32":
-            raise UserError(f"variant {v.name}: pruning is not available in this version",
-                            "use --variants fp32,int8,int8-cpu")
+            record, reused = stage(directory, self._prune_key(v), ["model.onnx", "model.pt"],
+                                   lambda d: self._prune(d, v, sample))
         else:
             parent = self.onnx(v.parent or "fp32")
             key = {"parent": sha256_file(parent), "calibration": self.calib.key, "method": self.spec.calibration,
@@ -122,11 +124,78 @@ class Run:
             return {"source": "onnx", "parity": None}
         from compress import model as models
 
-        net = models.load(self.spec.arch, self.spec.model)
+        from compress.prune import count
+
+        net = self.torch_model()
         meta["compress.arch"] = self.spec.arch
         export.export(net, out, self.pre.crop, meta)
         return {"source": "torch", "arch": self.spec.arch, "opset": export.OPSET,
-                "parity": export.parity(net, out, sample)}
+                "parity": export.parity(net, out, sample), **count(net, self.pre.crop)}
+
+    def torch_model(self):
+        """The FP32 torch model, loaded once per run."""
+        if self._torch is None:
+            from compress import model as models
+
+            self._torch = models.load(self.spec.arch, self.spec.model)
+        return self._torch
+
+    @property
+    def recovery_images(self) -> calibration.ImageSet:
+        """Unlabelled images for BN re-estimation and distillation: --finetune-images, else the calibration set."""
+        if self.spec.finetune_images:
+            if self._finetune is None:
+                self._finetune = self.images(self.spec.finetune_images, None, "fine-tuning")
+            return self._finetune
+        return self.calib
+
+    def _prune_key(self, v: Variant) -> dict:
+        s = self.spec
+        return {"fp32": self._fp32_key(), "prune": v.prune, "importance": s.importance, "round_to": s.round_to,
+                "global": s.global_pruning, "bn": s.bn_recalibration, "finetune": [s.finetune_epochs, s.finetune_labels],
+                "recovery_images": self.recovery_images.key if s.bn_recalibration or s.finetune_epochs else None}
+
+    def _prune(self, directory: Path, v: Variant, sample: np.ndarray) -> dict:
+        import copy
+
+        from compress import export, prune
+
+        s, crop = self.spec, self.pre.crop
+        teacher = self.torch_model()
+        net = copy.deepcopy(teacher)
+        if v.prune_ratio is not None:
+            labelled = None
+            if s.importance == "taylor":
+                torch = require("torch")
+                idx = slice(0, 64)
+                labelled = (torch.from_numpy(self.pre.normalize(self.calib.pixels[idx])),
+                            torch.from_numpy(self.calib.labels[idx]))
+            facts = prune.channels(net, v.prune_ratio, crop, s.importance, s.round_to, s.global_pruning, labelled)
+        else:
+            facts = {**prune.sparsify_24(net), **prune.count(net, crop)}
+        recovery = []
+        if s.finetune_epochs:
+            recovery.append({"distillation": prune.distill(net, teacher, self.recovery_images, self.pre,
+                                                           s.finetune_epochs, labels=s.finetune_labels)})
+            if v.prune == "s24":
+                prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
+        if s.bn_recalibration:
+            prune.recalibrate_bn(net, self.recovery_images, self.pre)
+            recovery.append({"bn_recalibration": len(self.recovery_images)})
+        prune.save(net, directory / "model.pt", s.arch, self.spec_classes(teacher), facts)
+        meta = {"compress.variant": v.name, "compress.precision": "fp32", "compress.target": "any",
+                "compress.preprocess": self.pre_json(), "compress.arch": s.arch, "compress.parent": "fp32"}
+        if v.prune == "s24":
+            meta["compress.sparsity"] = "2:4"
+        export.export(net, directory / "model.onnx", crop, meta)
+        return {"source": "torch", "prune": facts, "recovery": recovery or ["none"],
+                "params": facts["params"], "macs": facts["macs"],
+                "parity": export.parity(net, directory / "model.onnx", sample)}
+
+    @staticmethod
+    def spec_classes(net) -> int:
+        torch = require("torch")
+        return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
     def _quantize(self, directory: Path, v: Variant, parent: Path) -> dict:
         from compress.quantize import quantize
@@ -163,6 +232,7 @@ class Run:
         log(f"{v.name}: {'measurement reused' if reused else 'measured'} on {ORT_CPU}")
         timing = record["timing"]
         guard = ", session.x64quantprecision=1 (no VNNI)" if key["saturation_guard"] else ""
+        lineage = self.records[v.name] if v.precision == "fp32" else self.records.get(v.parent or "fp32", {})
         return {
             "variant": v.name,
             "parent": v.parent,
@@ -177,7 +247,12 @@ class Run:
                                       "peak_rss_bytes", "baseline_rss_bytes", "threads")},
             "file_bytes": path.stat().st_size,
             "onnx": str(path.relative_to(self.root)),
-            "build": {k: v for k, v in self.records[v.name].items() if k in ("parity", "quantization", "source")},
+            "params": lineage.get("params"),
+            "macs": lineage.get("macs"),
+            "recovery": lineage.get("recovery"),
+            "sparsity": "2:4" if v.prune == "s24" else None,
+            "build": {k: x for k, x in self.records[v.name].items()
+                      if k in ("parity", "quantization", "source", "prune", "recovery")},
         }
 
     # -- the whole run ------------------------------------------------------------------------------------

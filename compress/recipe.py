@@ -46,9 +46,21 @@ def parse_variant(name: str) -> Variant:
     return Variant(name.strip(), prune, precision)
 
 
-def parse_variants(text: str) -> tuple[Variant, ...]:
-    """Parse a comma list, adding each variant's parents (a report always has its FP32 baseline)."""
+def parse_variants(text: str, prune_ratios: str | None = None) -> tuple[Variant, ...]:
+    """Parse a comma list, adding each variant's parents (a report always has its FP32 baseline). A sweep of
+    pruning ratios adds pNN for each ratio, and pNN-int8 (pNN-int8-cpu) when int8 (int8-cpu) is asked for."""
     wanted = [parse_variant(v) for v in text.split(",") if v.strip()]
+    for ratio in (prune_ratios or "").split(","):
+        if not ratio.strip():
+            continue
+        try:
+            pct = round(float(ratio) * 100)
+        except ValueError:
+            raise UserError(f"--prune-ratios: {ratio!r} is not a number", "e.g. --prune-ratios 0.2,0.3,0.5") from None
+        base = parse_variant(f"p{pct}")
+        wanted.append(base)
+        wanted += [parse_variant(f"{base.name}-{v.precision}") for v in wanted
+                   if v.prune is None and v.precision != "fp32"]
     out: dict[str, Variant] = {"fp32": parse_variant("fp32")}
     for v in wanted:
         if v.parent and v.parent not in out:
@@ -73,6 +85,14 @@ class RunSpec:
     latency_runs: int = 100
     throughput_batch: int = 32
     threads: int | None = None
+    # pruning and its recovery
+    importance: str = "l1"
+    round_to: int = 8
+    global_pruning: bool = False
+    bn_recalibration: bool = True
+    finetune_images: str | None = None
+    finetune_epochs: int = 0
+    finetune_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.calibration not in METHODS:
@@ -87,6 +107,13 @@ class RunSpec:
                 raise UserError("a torch checkpoint needs --arch", f"one of: {', '.join(ARCHS)}")
             if self.arch not in ARCHS:
                 raise UserError(f"unknown architecture {self.arch!r}", f"choose one of: {', '.join(ARCHS)}")
+        if any(v.prune for v in self.variants):
+            if self.is_onnx_model:
+                raise UserError("pruning needs the torch model", "pass --model CHECKPOINT.pth with --arch")
+            if self.importance not in ("l1", "l2", "taylor"):
+                raise UserError(f"unknown importance {self.importance!r}", "choose from l1, l2, taylor")
+        if self.finetune_epochs and not self.finetune_images:
+            raise UserError("--finetune-epochs needs --finetune-images DIR", "a folder of (unlabelled) images")
         if self.max_top1_drop is not None and self.max_top1_drop < 0:
             raise UserError(f"--max-top1-drop is in top-1 points and must be >= 0, got {self.max_top1_drop}")
 

@@ -88,10 +88,21 @@ COLUMNS = [
     ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.2f}"),
     ("speedup", lambda r: f"{r['speedup']:.2f}x"),
     ("img/s", lambda r: f"{r['throughput_ips']:.1f} @b{r['throughput_batch']}"),
+    ("params M", lambda r: f"{r['params'] / 1e6:.2f}"),
+    ("GMACs", lambda r: f"{r['macs'] / 1e9:.2f}"),
+    ("recovery", lambda r: recovery(r)),
     ("file MB", lambda r: f"{r['file_bytes'] / 1e6:.1f}"),
     ("peak RSS MB", lambda r: f"{r['peak_rss_bytes'] / 1e6:.0f}"),
     ("Pareto", lambda r: "★" if r["pareto"] else ""),
 ]
+
+
+def recovery(r: dict) -> str:
+    steps = r.get("recovery")
+    if not steps:
+        return "—"
+    names = {"bn_recalibration": "BN", "distillation": "KD"}
+    return "+".join(names.get(k, k) for step in steps for k in (step if isinstance(step, dict) else {step: 0}))
 
 
 def _cell(f, r: dict) -> str:
@@ -141,7 +152,8 @@ def markdown(data: dict) -> str:
 
 CSV_FIELDS = ["variant", "engine", "backend", "precision", "target", "images", "top1", "top5", "top1_delta",
               "agreement", "flips", "flips_to_wrong", "flips_to_right", "p50_ms", "p90_ms", "p99_ms", "speedup",
-              "throughput_ips", "throughput_batch", "file_bytes", "peak_rss_bytes", "pareto"]
+              "throughput_ips", "throughput_batch", "params", "macs", "sparsity", "file_bytes", "peak_rss_bytes",
+              "pareto"]
 
 
 def to_csv(data: dict) -> str:

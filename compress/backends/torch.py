@@ -1,0 +1,83 @@
+"""PyTorch on a GPU as a measured backend: the "PyTorch on this GPU" baseline TensorRT speedups are reported
+against, and the backend where TensorRT is absent.
+
+Modes: fp32 (TF32 off: true FP32), tf32, fp16 (weights and input in half); channels-last memory format; CUDA
+graphs on or off. On a GPU, time is taken by CUDA events around the forward pass with the input already on the
+device; on a CPU (tests) by perf_counter.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from compress.errors import UserError, require
+
+MODES = ("fp32", "tf32", "fp16")
+
+
+def unavailable() -> str | None:
+    try:
+        torch = require("torch")
+    except UserError as exc:
+        return exc.message
+    return None if torch.cuda.is_available() else "torch sees no CUDA device"
+
+
+def latency(model, batch: int, crop: int, mode: str = "fp32", channels_last: bool = False, cuda_graph: bool = False,
+            device: str = "cuda", warmup: int = 20, runs: int = 100) -> dict:
+    """Forward-pass latency of `model` at `batch`; percentiles in ms, throughput in images per second."""
+    torch = require("torch")
+    from compress.measure import percentiles
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}", f"choose from {', '.join(MODES)}")
+    gpu = device.startswith("cuda")
+    if cuda_graph and not gpu:
+        raise UserError("CUDA graphs need a CUDA device")
+    if gpu:  # TF32 is on by default for cuDNN convolutions: fp32 means it off
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    dtype = torch.float16 if mode == "fp16" else torch.float32
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = copy.deepcopy(model).eval().to(device=device, dtype=dtype, memory_format=fmt)
+    x = torch.randn(batch, 3, crop, crop, device=device, dtype=dtype).to(memory_format=fmt)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        step = lambda: net(x)  # noqa: E731
+        if cuda_graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    net(x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                net(x)
+            step = graph.replay
+        for _ in range(warmup):
+            step()
+        times = []
+        if gpu:
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for _ in range(runs):
+                start.record()
+                step()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - t0) * 1e3)
+    p = percentiles(times)
+    return {
+        "mode": mode, "channels_last": channels_last, "cuda_graph": cuda_graph, "batch": batch,
+        "latency_ms": p, "throughput_ips": batch * 1000.0 / p["p50"],
+        "peak_memory_bytes": int(torch.cuda.max_memory_allocated()) if gpu else None,
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+        "timer": "CUDA events around the forward pass, input on the device" if gpu else "perf_counter",
+    }

@@ -1,0 +1,205 @@
+"""Pruning that pays: structured channel pruning (Torch-Pruning's DepGraph), 2:4 semi-structured sparsity, and
+recovery without labelled training data.
+
+- Channels are removed group by group (a residual Add couples the channels of every block it joins), with L1,
+  L2 or Taylor importance, counts rounded to a multiple of 8 (tensor cores and vector units want them; fewer
+  FLOPs in odd counts often run no faster), the stem and the classifier protected.
+- 2:4 sparsity keeps the 2 largest of every 4 consecutive input-channel weights of each conv, the layout
+  TensorRT's sparse tensor cores use; the zeros survive export and per-channel INT8 quantization.
+- Recovery: BatchNorm statistics re-estimated on unlabelled images (always offered: pruning shifts every
+  activation's statistics), then optionally knowledge distillation from the FP32 model on unlabelled images.
+- A pruned model is saved as channel shapes + state_dict and reloaded with `weights_only=True`: no Torch-Pruning
+  objects are pickled.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import UserError, require
+
+IMPORTANCES = ("l1", "l2", "taylor")
+
+
+def _example(crop: int):
+    torch = require("torch")
+    return torch.randn(1, 3, crop, crop)
+
+
+def count(model, crop: int) -> dict:
+    """Parameters and MACs of a torch model at batch 1."""
+    tp = require("torch_pruning")
+    macs, params = tp.utils.count_ops_and_params(model, _example(crop))
+    return {"params": int(params), "macs": int(macs)}
+
+
+def protected_layers(model) -> list:
+    """The stem conv and the classifier keep their channels: input and output width are the model's contract."""
+    torch = require("torch")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return convs[:1] + heads[-1:]
+
+
+def channels(model, ratio: float, crop: int, importance: str = "l1", round_to: int = 8, global_pruning: bool = False,
+             labelled_batch=None, target_macs: int | None = None) -> dict:
+    """Prune output channels of `model` in place. By `ratio` (share of channels per group), or iteratively until
+    MACs fall to `target_macs`. Returns params and MACs before and after."""
+    torch = require("torch")
+    tp = require("torch_pruning")
+    if importance not in IMPORTANCES:
+        raise UserError(f"unknown importance {importance!r}", f"choose from {', '.join(IMPORTANCES)}")
+    if importance == "taylor" and labelled_batch is None:
+        raise UserError("Taylor importance needs labelled images", "use --importance l1 or l2")
+    before = count(model, crop)
+    imp = {"l1": tp.importance.MagnitudeImportance(p=1), "l2": tp.importance.MagnitudeImportance(p=2),
+           "taylor": tp.importance.TaylorImportance()}[importance]
+    steps = 20 if target_macs else 1
+    pruner = tp.pruner.MetaPruner(model.eval(), _example(crop), importance=imp, global_pruning=global_pruning,
+                                  pruning_ratio=0.9 if target_macs else ratio, iterative_steps=steps,
+                                  ignored_layers=protected_layers(model), round_to=round_to)
+    for _ in range(steps):
+        if importance == "taylor":
+            x, y = labelled_batch
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        pruner.step()
+        if target_macs and count(model, crop)["macs"] <= target_macs:
+            break
+    model.zero_grad(set_to_none=True)
+    after = count(model, crop)
+    return {"importance": importance, "ratio": ratio, "round_to": round_to, "global": global_pruning,
+            "target_macs": target_macs, "params_before": before["params"], "macs_before": before["macs"],
+            "params": after["params"], "macs": after["macs"]}
+
+
+def sparsify_24(model) -> dict:
+    """Apply magnitude 2:4 masks to every conv whose input channels come in fours (in place)."""
+    torch = require("torch")
+    done, skipped = 0, []
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if not isinstance(m, torch.nn.Conv2d):
+                continue
+            w = m.weight
+            if w.shape[1] % 4 or m.groups != 1:
+                skipped.append(name)  # e.g. the RGB stem: 3 input channels
+                continue
+            groups = w.permute(0, 2, 3, 1).reshape(-1, 4)  # fours of consecutive input channels
+            keep = groups.abs().argsort(dim=1, descending=True)[:, :2]
+            mask = torch.zeros_like(groups).scatter_(1, keep, 1.0)
+            m.weight.copy_((groups * mask).reshape(w.shape[0], w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2))
+            done += 1
+    return {"sparsity": "2:4", "convs": done, "skipped": skipped}
+
+
+def is_24_sparse(weight: np.ndarray) -> bool:
+    """True if every four consecutive input-channel weights (O, I, kh, kw) hold at most two non-zeros."""
+    w = np.asarray(weight)
+    if w.ndim != 4 or w.shape[1] % 4:
+        return False
+    groups = np.moveaxis(w, 1, 3).reshape(-1, 4)
+    return bool(((groups != 0).sum(axis=1) <= 2).all())
+
+
+def recalibrate_bn(model, images, preprocess, batch_size: int = 32, desc: str | None = "BN statistics") -> None:
+    """Re-estimate every BatchNorm's running mean and variance on unlabelled images (cumulative average)."""
+    torch = require("torch")
+    from tqdm import tqdm
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over all batches
+    model.train()
+    with torch.no_grad(), tqdm(total=len(images), desc=desc, unit="img", file=sys.stderr, leave=False,
+                               disable=desc is None) as bar:
+        for x, _ in images.batches(preprocess, batch_size):
+            model(torch.from_numpy(x))
+            bar.update(len(x))
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()
+
+
+def distill(student, teacher, images, preprocess, epochs: int, lr: float = 1e-4, batch_size: int = 32,
+            temperature: float = 2.0, labels: bool = False) -> dict:
+    """Knowledge distillation from `teacher` on unlabelled images (plus cross-entropy when `labels`): a GPU is
+    used when torch sees one."""
+    torch = require("torch")
+    from tqdm import tqdm
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    student.to(device).train()
+    teacher.to(device).eval()
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
+    rng = np.random.default_rng(0)
+    losses = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(images))
+        bar = tqdm(range(0, len(order), batch_size), desc=f"distill {epoch + 1}/{epochs}", unit="batch",
+                   file=sys.stderr, leave=False)
+        for i in bar:
+            idx = np.sort(order[i : i + batch_size])
+            x = torch.from_numpy(preprocess.normalize(images.pixels[idx])).to(device)
+            with torch.no_grad():
+                soft = torch.nn.functional.softmax(teacher(x) / temperature, dim=1)
+            out = student(x)
+            loss = torch.nn.functional.kl_div(torch.nn.functional.log_softmax(out / temperature, dim=1), soft,
+                                              reduction="batchmean") * temperature ** 2
+            if labels:
+                loss = loss + torch.nn.functional.cross_entropy(out, torch.from_numpy(images.labels[idx]).to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    student.cpu().eval()
+    teacher.cpu()
+    return {"epochs": epochs, "images": len(images), "final_loss": losses[-1] if losses else None,
+            "labels": labels, "device": device}
+
+
+def save(model, path: str | Path, arch: str, num_classes: int, facts: dict | None = None) -> None:
+    """Channel shapes and a state_dict: reloadable with weights_only=True, without Torch-Pruning."""
+    torch = require("torch")
+    from compress.store import atomic_path
+
+    sd = model.state_dict()
+    record = {"format": "compress.pruned/1", "arch": arch, "num_classes": num_classes,
+              "shapes": {k: list(v.shape) for k, v in sd.items()}, "state_dict": sd, "facts": facts or {}}
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+
+
+def load(path: str | Path):
+    """Rebuild the architecture, resize every conv, BN and linear layer to the saved shapes, load the weights."""
+    torch = require("torch")
+    from compress import model as models
+
+    record = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(record, dict) or record.get("format") != "compress.pruned/1":
+        raise UserError(f"{path} is not a pruned model saved by compress")
+    net = models.build(record["arch"], record["num_classes"])
+    sd = record["state_dict"]
+    nn = torch.nn
+    for name, m in list(net.named_modules()):
+        w = sd.get(f"{name}.weight")
+        if w is None or tuple(w.shape) == tuple(m.weight.shape):
+            continue
+        if isinstance(m, nn.Conv2d):
+            new = nn.Conv2d(w.shape[1] * m.groups, w.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
+                            m.groups, m.bias is not None)
+        elif isinstance(m, nn.BatchNorm2d):
+            new = nn.BatchNorm2d(w.shape[0], m.eps, m.momentum)
+        elif isinstance(m, nn.Linear):
+            new = nn.Linear(w.shape[1], w.shape[0], m.bias is not None)
+        else:
+            raise UserError(f"{path}: cannot resize layer {name} ({type(m).__name__})")
+        parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+        setattr(parent, name.rpartition(".")[2], new)
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
