@@ -86,6 +86,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    def head(self, n: int) -> ImageSet:
+        """The first n images, as a set of their own."""
+        return ImageSet(self.root, self.names[:n], self.labels[:n], self.pixels[:n], self.hashes[:n], [],
+                        f"{self.key}[:{n}]")
+
     def batches(self, preprocess: Preprocess, batch_size: int):
         """Yield (normalised float32 NCHW batch, labels) pairs."""
         for i in range(0, len(self), batch_size):
@@ -134,12 +139,13 @@ def load(
     limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: str | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
 ) -> ImageSet:
-    """Decode (or reuse from the cache) up to `limit` images of a folder."""
+    """Decode (or reuse from the cache) up to `limit` images of a folder, leaving out the names in `exclude`."""
     from PIL import Image
 
     root = Path(root)
-    items = sample(list_images(root), limit)
+    items = sample([item for item in list_images(root) if item[0] not in exclude], limit)
     present = [(rel, idx) for rel, idx in items if (root / rel).is_file()]
     missing = [rel for rel, _ in items if not (root / rel).is_file()]
     hashes = [sha256_file(root / rel) for rel, _ in present]

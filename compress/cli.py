@@ -55,6 +55,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
     r.add_argument("--resize", type=_positive_int, default=256, help="shorter side before the crop (default 256)")
     r.add_argument("--crop", type=_positive_int, default=224, help="center crop (default 224)")
+    fb = r.add_argument_group("accuracy-aware INT8")
+    fb.add_argument("--fallback", action="store_true",
+                    help="with --max-top1-drop: rank layers by INT8 sensitivity and keep the fewest most sensitive "
+                    "out of INT8 until the budget holds (adds VARIANT-mixed)")
+    fb.add_argument("--sensitivity-images", type=_positive_int, default=100,
+                    help="calibration-folder images not used for calibration, to rank layers (default 100)")
+    fb.add_argument("--max-fallback-layers", type=_positive_int, default=16, help="search limit (default 16)")
     pr = r.add_argument_group("pruning (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
     pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
     pr.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor"],
@@ -150,7 +157,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                    calib_limit=a.calib_limit, importance=a.importance, round_to=a.round_to,
                    global_pruning=a.global_pruning, bn_recalibration=a.bn_recalibration,
                    finetune_images=a.finetune_images, finetune_epochs=a.finetune_epochs,
-                   finetune_labels=a.finetune_labels,
+                   finetune_labels=a.finetune_labels, fallback=a.fallback,
+                   sensitivity_images=a.sensitivity_images, max_fallback_layers=a.max_fallback_layers,
                    calibration=a.calibration, max_top1_drop=a.max_top1_drop,
                    preprocess=Preprocess(resize=a.resize, crop=a.crop), latency_runs=a.latency_runs,
                    throughput_batch=a.throughput_batch, threads=a.threads)

@@ -197,6 +197,75 @@ class Run:
         torch = require("torch")
         return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
+    def fallback(self, v: Variant, evaluation: calibration.ImageSet, fp32_top1: float) -> Variant | None:
+        """Rank v's layers by INT8 sensitivity, then keep the fewest most sensitive out of INT8 within budget."""
+        from compress import sensitivity
+        from compress.backends import onnxruntime as ort
+
+        onnx = require("onnx")
+        s = self.spec
+        qdq_path, fp32_path = self.onnx(v.name), self.onnx(v.parent or "fp32")
+        used = set(self.calib.names)
+        if any(rel not in used for rel, _ in calibration.list_images(s.calib)):
+            subset = calibration.load(s.calib, self.pre, s.sensitivity_images, self.root / "cache", exclude=used)
+            log(f"{v.name}: ranking layers on {len(subset)} calibration-folder images not used for calibration")
+        else:
+            subset = evaluation.head(s.sensitivity_images)
+            log(f"warning: {v.name}: every calibration image was used for calibration; ranking layers on "
+                f"{len(subset)} evaluation images (lower --calib-limit to keep them apart)")
+        sens_dir = self.root / "results" / "sensitivity" / v.name
+        key = {"qdq": sha256_file(qdq_path), "fp32": sha256_file(fp32_path), "images": subset.key}
+
+        def analyse(d: Path) -> dict:
+            write_json(d / "sensitivity.json", sensitivity.analyse(qdq_path, fp32_path, subset, self.pre))
+            return {}
+
+        stage(sens_dir, key, ["sensitivity.json"], analyse)
+        ranking = [layer["layer"] for layer in read_json(sens_dir / "sensitivity.json")["layers"]]
+        mixed = Variant(f"{v.name}-mixed", v.prune, "int8")
+        directory = self.onnx(mixed.name).parent
+
+        def build(d: Path) -> dict:
+            from compress import export
+            from compress.store import atomic_path
+
+            qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
+
+            def drop_of(kept: list[str]) -> float:
+                proto = sensitivity.keep_float(qdq, fp32, kept)
+                with atomic_path(d / "candidate.onnx") as tmp:
+                    onnx.save(proto, str(tmp))
+                logits = ort.logits(d / "candidate.onnx", evaluation, self.pre, as_written=True,
+                                    desc=f"{len(kept)} layer(s) out of INT8")
+                drop = (fp32_top1 - float((logits.argmax(1) == evaluation.labels).mean())) * 100
+                log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32")
+                return drop
+
+            result = sensitivity.search(ranking, drop_of, s.max_top1_drop, s.max_fallback_layers)
+            (d / "candidate.onnx").unlink(missing_ok=True)
+            if result["kept"] is not None:
+                proto = sensitivity.keep_float(qdq, fp32, result["kept"])
+                export.set_metadata(proto, {"compress.variant": mixed.name,
+                                            "compress.fallback": ",".join(result["kept"])})
+                with atomic_path(d / "model.onnx") as tmp:
+                    onnx.save(proto, str(tmp))
+            write_json(d / "search.json", result)
+            return {"fallback": {"kept": result["kept"], "drop": result["drop"], "budget": s.max_top1_drop,
+                                 "tried": result["tried"], "ranked_on": len(subset),
+                                 "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
+
+        key = {"qdq": key["qdq"], "ranking": ranking, "budget": s.max_top1_drop, "max": s.max_fallback_layers,
+               "images": evaluation.key}
+        record, reused = stage(directory, key, ["search.json"], build)
+        kept = record["fallback"]["kept"]
+        if kept is None:
+            log(f"warning: {v.name}: no mix of up to {s.max_fallback_layers} layers out of INT8 meets the budget")
+            return None
+        record["variant"], record["parent"] = mixed.name, v.parent
+        self.records[mixed.name] = record
+        log(f"{mixed.name}: {len(kept)} layer(s) kept out of INT8" + (" (reused)" if reused else ""))
+        return mixed
+
     def _quantize(self, directory: Path, v: Variant, parent: Path) -> dict:
         from compress.quantize import quantize
 
@@ -277,6 +346,17 @@ class Run:
         base = next(r for r in results if r["variant"] == "fp32")
         for r in results:
             r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
+        if s.fallback:
+            for v, r in list(zip(s.variants, results)):
+                drop = (base["top1"] - r["top1"]) * 100
+                if v.precision == "int8" and s.max_top1_drop is not None and drop > s.max_top1_drop:
+                    log(f"{v.name}: {drop:.2f} points below FP32, over the budget of {s.max_top1_drop}")
+                    mixed = self.fallback(v, evaluation, base["top1"])
+                    if mixed is not None:
+                        row = self.measure(mixed, evaluation)
+                        row.update(measure.accuracy(row["pred5"], evaluation.labels, base["pred5"]))
+                        row["fallback"] = self.records[mixed.name]["fallback"]
+                        results.append(row)
         for r in results:
             del r["pred5"]
         data = report.assemble(results, measure.environment(), s, evaluation, warnings, not_measured())

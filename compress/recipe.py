@@ -93,6 +93,10 @@ class RunSpec:
     finetune_images: str | None = None
     finetune_epochs: int = 0
     finetune_labels: bool = False
+    # accuracy-aware INT8
+    fallback: bool = False
+    sensitivity_images: int = 100
+    max_fallback_layers: int = 16
 
     def __post_init__(self) -> None:
         if self.calibration not in METHODS:
@@ -112,6 +116,8 @@ class RunSpec:
                 raise UserError("pruning needs the torch model", "pass --model CHECKPOINT.pth with --arch")
             if self.importance not in ("l1", "l2", "taylor"):
                 raise UserError(f"unknown importance {self.importance!r}", "choose from l1, l2, taylor")
+        if self.fallback and self.max_top1_drop is None:
+            raise UserError("--fallback needs an accuracy budget", "add --max-top1-drop POINTS")
         if self.finetune_epochs and not self.finetune_images:
             raise UserError("--finetune-epochs needs --finetune-images DIR", "a folder of (unlabelled) images")
         if self.max_top1_drop is not None and self.max_top1_drop < 0:

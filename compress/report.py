@@ -9,7 +9,7 @@ import html
 import io
 from pathlib import Path
 
-from compress.store import atomic_path, write_json, write_text
+from compress.store import atomic_path, read_json, write_json, write_text
 
 PLOT, MEMORY_PLOT = "accuracy_latency.png", "memory.png"
 
@@ -29,8 +29,6 @@ def derive(results: list[dict]) -> None:
 
 def merge(root: str | Path, rows: list[dict]) -> dict:
     """Add (or replace) rows measured elsewhere, e.g. TensorRT engines on a GPU, and rewrite the report."""
-    from compress.store import read_json
-
     data = read_json(Path(root) / "report.json")
     keys = {(r["variant"], r["backend"], r.get("engine")) for r in rows}
     data["results"] = [r for r in data["results"] if (r["variant"], r["backend"], r.get("engine")) not in keys] + rows
@@ -69,9 +67,18 @@ def mark_pareto(results: list[dict]) -> None:
 
 
 def over_budget(data: dict, max_top1_drop: float) -> list[tuple[str, float]]:
-    """Variants whose top-1 fell more than `max_top1_drop` points below FP32."""
-    return [(r["variant"], -r["top1_delta"]) for r in data["results"]
-            if r.get("top1_delta") is not None and -r["top1_delta"] > max_top1_drop]
+    """Variants whose top-1 fell more than `max_top1_drop` points below FP32, unless their mixed-precision
+    sibling (VARIANT-mixed, from --fallback) is within it."""
+    def over(r: dict) -> bool:
+        return r.get("top1_delta") is not None and -r["top1_delta"] > max_top1_drop
+
+    rows = {(r["variant"], r["backend"]): r for r in data["results"]}
+    failing = []
+    for r in data["results"]:
+        mixed = rows.get((f"{r['variant']}-mixed", r["backend"]))
+        if over(r) and (mixed is None or over(mixed)):
+            failing.append((r["variant"], -r["top1_delta"]))
+    return failing
 
 
 COLUMNS = [
@@ -142,6 +149,13 @@ def markdown(data: dict) -> str:
         lines.append(f"- `{name}`: accuracy by {acc}; latency by {lat}.{note}")
     lines.append("- Latency is batch 1 (p50/p90/p99 after warm-up); img/s at the batch shown; peak RSS is a fresh "
                  "process that loaded the model and ran batch 1 (it includes the runtime itself).")
+    for r in data["results"]:
+        if r.get("fallback"):
+            fb = r["fallback"]
+            lines.append(f"- `{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
+                         f"{fb['budget']} points ({fb['drop']:.2f} below FP32 on these images): "
+                         + ", ".join(f"`{k}`" for k in fb["kept"])
+                         + f". Sensitivity ranked on {fb['ranked_on']} images: {sensitivity_plot(r)}.")
     for n in data.get("not_measured", []):
         lines.append(f"- {n['backend']} ({', '.join(n['precisions'])}): not measured here: {n['reason']}")
     if data.get("warnings"):
@@ -185,6 +199,7 @@ device: {html.escape(data['env']['cpu'])}; onnxruntime {html.escape(str(data['en
 <ul>{notes_html}</ul>
 {''.join(f'<p><b>warning:</b> {html.escape(w)}</p>' for w in data.get('warnings', []))}
 <img src="{PLOT}" alt="accuracy versus latency"><img src="{MEMORY_PLOT}" alt="memory">
+{''.join(f'<img src="{sensitivity_plot(r)}" alt="INT8 sensitivity">' for r in data["results"] if r.get("fallback"))}
 </body></html>
 """
 
@@ -219,6 +234,18 @@ def plots(root: Path, data: dict) -> None:
         ax.legend(fontsize=8, loc="best")
     _save(fig, root / PLOT)
 
+    for r in data["results"]:
+        if r.get("fallback"):
+            ranking = read_json(root / r["fallback"]["sensitivity"])["layers"][:20]
+            kept = set(r["fallback"]["kept"])
+            fig, ax = plt.subplots(figsize=(8, 0.3 * len(ranking) + 1.5))
+            ax.barh([x["layer"] for x in ranking][::-1], [x["kl_gain"] for x in ranking][::-1],
+                    color=["tab:red" if x["layer"] in kept else "tab:gray" for x in ranking][::-1])
+            ax.set_xlabel("KL to FP32 recovered by keeping only this layer out of INT8")
+            ax.set_title(f"INT8 sensitivity, most sensitive 20 (red: kept out of INT8 in {r['variant']})", fontsize=9)
+            ax.tick_params(axis="y", labelsize=7)
+            _save(fig, root / sensitivity_plot(r))
+
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [r["variant"] for r in results]
     xs = range(len(names))
@@ -230,6 +257,10 @@ def plots(root: Path, data: dict) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, root / MEMORY_PLOT)
+
+
+def sensitivity_plot(r: dict) -> str:
+    return f"sensitivity-{r['variant']}.png"
 
 
 def _save(fig, path: Path) -> None:

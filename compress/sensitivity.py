@@ -1,0 +1,145 @@
+"""Accuracy-aware INT8: which layers INT8 hurts, and the fewest to keep out of INT8 to meet a budget.
+
+A layer is a Conv or Gemm fed by DequantizeLinear. Keeping it out of INT8 means rewiring it to the float
+activation (the input of its QuantizeLinear) and to its original FP32 weight; Q/DQ nodes left without a
+consumer are dropped. TensorRT then runs that layer in FP16 (TensorRT 10 with the FP16 flag) or in the
+file's float type (TensorRT 11, strongly typed), and INT8 everywhere else.
+
+Sensitivity of a layer = how much closer to FP32 the model gets when only that layer leaves INT8 (KL of the
+softmax outputs against FP32, with MSE of the logits and top-1 agreement alongside), measured on a small set of
+images disjoint from the calibration images. The fallback search then keeps the most sensitive layers out,
+fewest first, until the top-1 drop on the evaluation images is within the budget.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import require
+
+
+def layers(proto) -> list[str]:
+    """Names of the quantized Conv/Gemm/MatMul nodes, in graph order."""
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    return [n.name for n in proto.graph.node
+            if n.op_type in ("Conv", "Gemm", "MatMul") and producer.get(n.input[0]) == "DequantizeLinear"]
+
+
+def keep_float(qdq_proto, fp32_proto, names: list[str]):
+    """A copy of `qdq_proto` with the named layers out of INT8 (float activation and original float weight)."""
+    onnx = require("onnx")
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq_proto)
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    fp32_nodes = {n.name: n for n in fp32_proto.graph.node}
+    fp32_inits = {i.name: i for i in fp32_proto.graph.initializer}
+    have = {i.name for i in graph.initializer}
+    wanted = set(names)
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        dq = producer[node.input[0]]
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            node.input[0] = q.input[0]
+        weight = fp32_nodes[node.name].input[1]
+        node.input[1] = weight
+        if weight not in have:
+            graph.initializer.append(fp32_inits[weight])
+            have.add(weight)
+    _drop_dead(graph)
+    return model
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def compare(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """KL(FP32 || variant) of the softmax outputs, logit MSE and top-1 agreement."""
+    def log_softmax(x):
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    lp, lq = log_softmax(reference.astype(np.float64)), log_softmax(logits.astype(np.float64))
+    return {"kl": float((np.exp(lp) * (lp - lq)).sum(axis=1).mean()),
+            "mse": float(((logits - reference) ** 2).mean()),
+            "agreement": float((logits.argmax(1) == reference.argmax(1)).mean())}
+
+
+def _logits(proto, images, preprocess) -> np.ndarray:
+    from compress.backends import onnxruntime as ort
+
+    onnx = require("onnx")
+    with tempfile.TemporaryDirectory(prefix="compress-sens-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(path))
+        return ort.logits(path, images, preprocess, as_written=True)
+
+
+def analyse(qdq_path: str | os.PathLike[str], fp32_path: str | os.PathLike[str], images, preprocess) -> dict:
+    """Rank every quantized layer by how much keeping it alone out of INT8 brings the model closer to FP32."""
+    from tqdm import tqdm
+
+    from compress.backends import onnxruntime as ort
+
+    onnx = require("onnx")
+    qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
+    reference = ort.logits(fp32_path, images, preprocess, as_written=False)
+    base = compare(_logits(qdq, images, preprocess), reference)
+    ranking = []
+    for name in tqdm(layers(qdq), desc="sensitivity", unit="layer", file=sys.stderr, leave=False):
+        m = compare(_logits(keep_float(qdq, fp32, [name]), images, preprocess), reference)
+        ranking.append({"layer": name, **m, "kl_gain": base["kl"] - m["kl"]})
+    ranking.sort(key=lambda r: r["kl_gain"], reverse=True)
+    return {"images": len(images), "all_int8": base, "layers": ranking}
+
+
+def search(ranking: list[str], drop_of: Callable[[list[str]], float], budget: float,
+           max_layers: int | None = None) -> dict:
+    """The fewest most-sensitive layers to keep out of INT8 so that `drop_of(kept) <= budget`.
+
+    Tries 1, 2, 4, 8, ... layers, then bisects between the last count over budget and the first within it.
+    Every evaluation is recorded. If even `max_layers` does not meet the budget, `kept` is None.
+    """
+    limit = min(max_layers or len(ranking), len(ranking))
+    tried: dict[int, float] = {}
+
+    def drop(k: int) -> float:
+        if k not in tried:
+            tried[k] = drop_of(ranking[:k])
+        return tried[k]
+
+    if drop(0) <= budget:
+        return {"kept": [], "drop": tried[0], "tried": tried}
+    low, k = 0, 1
+    while drop(k) > budget:
+        if k >= limit:
+            return {"kept": None, "drop": tried[k], "tried": tried}
+        low, k = k, min(2 * k, limit)
+    high = k
+    while high - low > 1:  # invariant: low over budget, high within it
+        mid = (low + high) // 2
+        if drop(mid) <= budget:
+            high = mid
+        else:
+            low = mid
+    return {"kept": ranking[:high], "drop": tried[high], "tried": tried}

@@ -1,0 +1,113 @@
+"""Layer sensitivity and the fallback search, on the tiny model with a planted outlier layer."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("torch")
+
+from compress import sensitivity  # noqa: E402
+from compress.backends import onnxruntime as ort  # noqa: E402
+from compress.quantize import quantize, tensorrt_problems  # noqa: E402
+from conftest import TINY, images  # noqa: E402
+
+BAD = "/layer1/layer1.0/conv2/Conv"  # the conv whose input carries the planted outlier channel
+
+
+@pytest.fixture(scope="module")
+def planted(outlier_checkpoint, data_dirs, tmp_path_factory):
+    from compress import export
+    from compress import model as models
+
+    d = tmp_path_factory.mktemp("planted")
+    export.export(models.load("test-resnet", outlier_checkpoint), d / "fp32.onnx", 32)
+    quantize(d / "fp32.onnx", d / "int8.onnx", images(data_dirs["calib"]), TINY, "int8", "percentile")
+    return d / "fp32.onnx", d / "int8.onnx"
+
+
+def top1(path, folder, as_written=True):
+    ev = images(folder)
+    return float((ort.logits(path, ev, TINY, as_written).argmax(1) == ev.labels).mean())
+
+
+def test_planted_layer_ranks_first(planted, data_dirs):
+    fp32, int8 = planted
+    result = sensitivity.analyse(int8, fp32, images(data_dirs["calib"], 32), TINY)
+    ranking = result["layers"]
+    assert len(ranking) == 16 and ranking[0]["layer"] == BAD
+    assert ranking[0]["kl_gain"] > 10 * max(r["kl_gain"] for r in ranking[1:])
+    assert ranking[0]["agreement"] > result["all_int8"]["agreement"]
+
+
+def test_keeping_the_layer_float_restores_accuracy(planted, data_dirs, tmp_path):
+    fp32, int8 = planted
+    qdq = onnx.load(str(int8))
+    mixed = sensitivity.keep_float(qdq, onnx.load(str(fp32)), [BAD])
+    onnx.checker.check_model(mixed)
+    path = tmp_path / "mixed.onnx"
+    onnx.save(mixed, str(path))
+    node = next(n for n in mixed.graph.node if n.name == BAD)
+    producer = {o: n.op_type for n in mixed.graph.node for o in n.output}
+    assert node.input[0] not in producer or producer[node.input[0]] != "DequantizeLinear"
+    assert node.input[1] in {i.name for i in mixed.graph.initializer}  # the float weight is back
+    assert [p.split(":")[0] for p in tensorrt_problems(mixed)] == [BAD, BAD]  # only that layer left INT8
+    assert len(sensitivity.layers(mixed)) == 15
+    assert len(mixed.graph.node) < len(qdq.graph.node)  # its dead Q/DQ went away
+    base, broken, fixed = top1(fp32, data_dirs["eval"], False), top1(int8, data_dirs["eval"]), top1(path, data_dirs["eval"])
+    assert broken < base - 0.1 and fixed >= base - 0.02
+
+
+def test_search_finds_the_fewest_layers():
+    names = [f"l{i}" for i in range(20)]
+    calls = []
+
+    def drop_of(kept):
+        calls.append(len(kept))
+        return max(0.0, 5.0 - len(kept))  # each kept layer wins back a point
+
+    result = sensitivity.search(names, drop_of, budget=1.5)
+    assert result["kept"] == names[:4] and result["drop"] == 1.0
+    assert calls == [0, 1, 2, 4, 3]  # doubling until within budget, then bisection
+    assert sensitivity.search(names, drop_of, budget=6.0)["kept"] == []
+    never = sensitivity.search(names, lambda kept: 9.0, budget=0.1, max_layers=5)
+    assert never["kept"] is None and max(never["tried"]) == 5
+
+
+def test_compare_metrics():
+    ref = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    same = sensitivity.compare(ref, ref)
+    assert same["kl"] == pytest.approx(0.0) and same["mse"] == 0.0 and same["agreement"] == 1.0
+    other = sensitivity.compare(np.array([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0]]), ref)
+    assert other["kl"] > 0 and other["agreement"] == 0.5
+
+
+def test_run_with_fallback_meets_the_budget(outlier_checkpoint, data_dirs, tmp_path, capsys):
+    import json
+
+    from compress.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--model", str(outlier_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+            "--calib", str(data_dirs["calib"]), "--calib-limit", "48", "--out", str(out), "--variants", "int8",
+            "--crop", "32", "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2",
+            "--max-top1-drop", "2", "--fallback", "--sensitivity-images", "16"]
+    assert main(args) == 0  # pure int8 is over budget, int8-mixed within it
+    err = capsys.readouterr().err
+    assert "ranking layers on 16 calibration-folder images not used for calibration" in err
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    assert -rows["int8"]["top1_delta"] > 2 and -rows["int8-mixed"]["top1_delta"] <= 2
+    assert rows["int8-mixed"]["fallback"]["kept"] == [BAD]
+    assert rows["int8-mixed"]["target"] == "tensorrt"
+    md = (out / "report.md").read_text()
+    assert f"`int8-mixed` keeps 1 layer(s) out of INT8" in md and BAD in md
+    assert (out / "sensitivity-int8-mixed.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(args) == 0
+    assert "int8-mixed: 1 layer(s) kept out of INT8 (reused)" in capsys.readouterr().err
+
+
+def test_fallback_needs_a_budget(tiny_checkpoint, data_dirs, tmp_path, capsys):
+    from compress.cli import main
+
+    code = main(["run", "--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+                 "--out", str(tmp_path), "--fallback"])
+    assert code == 2 and "--fallback needs an accuracy budget" in capsys.readouterr().err
