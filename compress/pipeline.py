@@ -197,7 +197,7 @@ class Run:
         torch = require("torch")
         return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
-    def fallback(self, v: Variant, evaluation: calibration.ImageSet, fp32_top1: float) -> Variant | None:
+    def fallback(self, v: Variant, evaluation: calibration.ImageSet, base: dict) -> Variant | None:
         """Rank v's layers by INT8 sensitivity, then keep the fewest most sensitive out of INT8 within budget."""
         from compress import sensitivity
         from compress.backends import onnxruntime as ort
@@ -231,17 +231,22 @@ class Run:
 
             qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
 
-            def drop_of(kept: list[str]) -> float:
+            def excess(kept: list[str]) -> float:
+                """How far over budget (<= 0: within), in points of top-1 or of agreement."""
                 proto = sensitivity.keep_float(qdq, fp32, kept)
                 with atomic_path(d / "candidate.onnx") as tmp:
                     onnx.save(proto, str(tmp))
                 logits = ort.logits(d / "candidate.onnx", evaluation, self.pre, as_written=True,
                                     desc=f"{len(kept)} layer(s) out of INT8")
-                drop = (fp32_top1 - float((logits.argmax(1) == evaluation.labels).mean())) * 100
-                log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32")
-                return drop
+                top1 = logits.argmax(1)
+                drop = (base["top1"] - float((top1 == evaluation.labels).mean())) * 100
+                agree = float((top1 == base["pred5"][:, 0]).mean())
+                log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32, "
+                    f"{100 * agree:.1f}% agreement")
+                return max(drop - s.max_top1_drop if s.max_top1_drop is not None else -np.inf,
+                           100 * (s.min_agreement - agree) if s.min_agreement is not None else -np.inf)
 
-            result = sensitivity.search(ranking, drop_of, s.max_top1_drop, s.max_fallback_layers)
+            result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
             (d / "candidate.onnx").unlink(missing_ok=True)
             if result["kept"] is not None:
                 proto = sensitivity.keep_float(qdq, fp32, result["kept"])
@@ -250,12 +255,13 @@ class Run:
                 with atomic_path(d / "model.onnx") as tmp:
                     onnx.save(proto, str(tmp))
             write_json(d / "search.json", result)
-            return {"fallback": {"kept": result["kept"], "drop": result["drop"], "budget": s.max_top1_drop,
+            budget = {"max_top1_drop": s.max_top1_drop, "min_agreement": s.min_agreement}
+            return {"fallback": {"kept": result["kept"], "excess": result["drop"], "budget": budget,
                                  "tried": result["tried"], "ranked_on": len(subset),
                                  "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
 
-        key = {"qdq": key["qdq"], "ranking": ranking, "budget": s.max_top1_drop, "max": s.max_fallback_layers,
-               "images": evaluation.key}
+        key = {"qdq": key["qdq"], "ranking": ranking, "budget": [s.max_top1_drop, s.min_agreement],
+               "max": s.max_fallback_layers, "images": evaluation.key}
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:
@@ -348,10 +354,11 @@ class Run:
             r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
         if s.fallback:
             for v, r in list(zip(s.variants, results)):
-                drop = (base["top1"] - r["top1"]) * 100
-                if v.precision == "int8" and s.max_top1_drop is not None and drop > s.max_top1_drop:
-                    log(f"{v.name}: {drop:.2f} points below FP32, over the budget of {s.max_top1_drop}")
-                    mixed = self.fallback(v, evaluation, base["top1"])
+                r["top1_delta"] = (r["top1"] - base["top1"]) * 100
+                if v.precision == "int8" and report.over(r, s.max_top1_drop, s.min_agreement):
+                    log(f"{v.name}: {-r['top1_delta']:.2f} points below FP32, {100 * r['agreement']:.1f}% "
+                        "agreement: over budget")
+                    mixed = self.fallback(v, evaluation, base)
                     if mixed is not None:
                         row = self.measure(mixed, evaluation)
                         row.update(measure.accuracy(row["pred5"], evaluation.labels, base["pred5"]))

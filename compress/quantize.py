@@ -45,7 +45,7 @@ FORMATS = {
 
 def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str], images, preprocess,
              fmt: str = "int8", method: str = "percentile", percentile: float = 99.999,
-             nodes_to_exclude: list[str] | None = None) -> dict:
+             nodes_to_exclude: list[str] | None = None, options: dict | None = None) -> dict:
     """Calibrate on `images` and write the quantized model atomically. Returns what was done, for the record."""
     q = require("onnxruntime.quantization")
     from calibration.reader import CalibrationReader
@@ -64,6 +64,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
         "CalibTensorRangeSymmetric": spec.symmetric_activations,
         "CalibPercentile": percentile,
     }
+    extra.update(options or {})  # further onnxruntime extra_options, e.g. CalibMovingAverage (studies)
     if spec.inputs_only:
         extra["OpTypesToExcludeOutputQuantization"] = list(spec.op_types or ())
         extra["ForceQuantizeNoInputCheck"] = True
@@ -104,7 +105,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     return {"format": fmt, "target": spec.target, "method": method, "images": len(images),
             "percentile": percentile if method == "percentile" else None,
             "calibration_seconds": round(time.perf_counter() - started, 2),
-            "excluded_nodes": list(nodes_to_exclude or []),
+            "excluded_nodes": list(nodes_to_exclude or []), "options": options or {},
             "onnxruntime": require("onnxruntime").__version__}
 
 

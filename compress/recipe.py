@@ -95,6 +95,7 @@ class RunSpec:
     finetune_labels: bool = False
     # accuracy-aware INT8
     fallback: bool = False
+    min_agreement: float | None = None  # fraction of images whose top-1 must equal FP32's
     sensitivity_images: int = 100
     max_fallback_layers: int = 16
 
@@ -116,8 +117,10 @@ class RunSpec:
                 raise UserError("pruning needs the torch model", "pass --model CHECKPOINT.pth with --arch")
             if self.importance not in ("l1", "l2", "taylor"):
                 raise UserError(f"unknown importance {self.importance!r}", "choose from l1, l2, taylor")
-        if self.fallback and self.max_top1_drop is None:
-            raise UserError("--fallback needs an accuracy budget", "add --max-top1-drop POINTS")
+        if self.fallback and self.max_top1_drop is None and self.min_agreement is None:
+            raise UserError("--fallback needs an accuracy budget", "add --max-top1-drop POINTS or --min-agreement")
+        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
+            raise UserError(f"--min-agreement is a fraction in (0, 1], got {self.min_agreement}")
         if self.finetune_epochs and not self.finetune_images:
             raise UserError("--finetune-epochs needs --finetune-images DIR", "a folder of (unlabelled) images")
         if self.max_top1_drop is not None and self.max_top1_drop < 0:

@@ -66,18 +66,24 @@ def mark_pareto(results: list[dict]) -> None:
             for o in results)
 
 
-def over_budget(data: dict, max_top1_drop: float) -> list[tuple[str, float]]:
-    """Variants whose top-1 fell more than `max_top1_drop` points below FP32, unless their mixed-precision
-    sibling (VARIANT-mixed, from --fallback) is within it."""
-    def over(r: dict) -> bool:
-        return r.get("top1_delta") is not None and -r["top1_delta"] > max_top1_drop
+def over(r: dict, max_top1_drop: float | None, min_agreement: float | None) -> bool:
+    """Whether a result breaks the accuracy budget: top-1 points below FP32, or agreement with FP32."""
+    if r.get("top1_delta") is None:
+        return False
+    return (max_top1_drop is not None and -r["top1_delta"] > max_top1_drop) or (
+        min_agreement is not None and r["agreement"] < min_agreement)
 
+
+def over_budget(data: dict, max_top1_drop: float | None,
+                min_agreement: float | None = None) -> list[tuple[str, float, float]]:
+    """(variant, top-1 drop, agreement) of every result over budget, unless its mixed-precision sibling
+    (VARIANT-mixed, from --fallback) is within it."""
     rows = {(r["variant"], r["backend"]): r for r in data["results"]}
     failing = []
     for r in data["results"]:
         mixed = rows.get((f"{r['variant']}-mixed", r["backend"]))
-        if over(r) and (mixed is None or over(mixed)):
-            failing.append((r["variant"], -r["top1_delta"]))
+        if over(r, max_top1_drop, min_agreement) and (mixed is None or over(mixed, max_top1_drop, min_agreement)):
+            failing.append((r["variant"], -r["top1_delta"], r["agreement"]))
     return failing
 
 
@@ -153,7 +159,8 @@ def markdown(data: dict) -> str:
         if r.get("fallback"):
             fb = r["fallback"]
             lines.append(f"- `{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
-                         f"{fb['budget']} points ({fb['drop']:.2f} below FP32 on these images): "
+                         f"the budget ({budget_text(fb['budget'])}; here {-r['top1_delta']:.2f} points below FP32, "
+                         f"{100 * r['agreement']:.1f}% agreement): "
                          + ", ".join(f"`{k}`" for k in fb["kept"])
                          + f". Sensitivity ranked on {fb['ranked_on']} images: {sensitivity_plot(r)}.")
     for n in data.get("not_measured", []):
@@ -257,6 +264,15 @@ def plots(root: Path, data: dict) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, root / MEMORY_PLOT)
+
+
+def budget_text(budget: dict) -> str:
+    parts = []
+    if budget.get("max_top1_drop") is not None:
+        parts.append(f"top-1 at most {budget['max_top1_drop']} points below FP32")
+    if budget.get("min_agreement") is not None:
+        parts.append(f"agreement at least {100 * budget['min_agreement']:.1f}%")
+    return ", ".join(parts)
 
 
 def sensitivity_plot(r: dict) -> str:

@@ -99,7 +99,7 @@ def test_budget_exit_code(outlier_checkpoint, data_dirs, tmp_path, capsys):
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     drop = -data["results"][1]["top1_delta"]
     assert drop > 1.0  # the planted activation outlier breaks per-tensor INT8
-    assert code == 3 and f"int8 (-{drop:.2f})" in cap.err
+    assert code == 3 and f"int8 (top-1 -{drop:.2f} points" in cap.err
     code, _ = run(capsys, *args, "--max-top1-drop", str(drop + 0.5))
     assert code == 0
 
@@ -128,7 +128,17 @@ def test_pareto_and_budget_logic():
                r("gpu", 0.70, 100, "gpu")]
     mark_pareto(results)
     assert [x["pareto"] for x in results] == [True, True, False, True, True]
-    data = {"results": [{"variant": "a", "top1_delta": -0.3}, {"variant": "b", "top1_delta": -1.2},
-                        {"variant": "c", "top1_delta": 0.4}]}
-    assert over_budget(data, 0.5) == [("b", 1.2)]
+    data = {"results": [{"variant": "a", "top1_delta": -0.3, "backend": "cpu"},
+                        {"variant": "b", "top1_delta": -1.2, "backend": "cpu"},
+                        {"variant": "c", "top1_delta": 0.4, "backend": "cpu"}]}
+    for r in data["results"]:
+        r["agreement"] = 0.99
+    data["results"][2]["agreement"] = 0.9
+    assert over_budget(data, 0.5) == [("b", 1.2, 0.99)]
     assert np.isclose(over_budget(data, 0.0)[0][1], 0.3)
+    assert [name for name, _, _ in over_budget(data, 0.5, min_agreement=0.95)] == ["b", "c"]
+    assert [name for name, _, _ in over_budget(data, None, min_agreement=0.95)] == ["c"]
+    data["results"].append({"variant": "b-mixed", "top1_delta": -0.2, "agreement": 0.99})
+    for r in data["results"]:
+        r["backend"] = "cpu"
+    assert over_budget(data, 0.5) == []  # b's mixed sibling is within budget
