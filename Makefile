@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 REF := ../shared/reference
 RUN ?= runs/reference
 
-.PHONY: install test reference reference-model typecheck
+.PHONY: install test reference reference-model typecheck lint
 
 install: $(VENV)/.installed
 
@@ -28,3 +28,6 @@ reference: reference-model
 
 typecheck: install
 	$(BIN)/python tests/tensorrt_typecheck.py
+
+lint: install
+	$(BIN)/ruff check compress calibration tests benchmarks

@@ -57,7 +57,8 @@ def main() -> None:
                                    evaluation.labels, base)
         label = method + (f" {pct}" if pct else "") + ("".join(f" +{k}" for k in options))
         row = {"method": label, "images": n, "top1": acc["top1"], "top1_delta": 100 * (acc["top1"] - base_acc["top1"]),
-               "agreement": acc["agreement"], "flips": acc["flips"], "calibration_seconds": facts["calibration_seconds"]}
+               "agreement": acc["agreement"], "flips": acc["flips"],
+               "calibration_seconds": facts["calibration_seconds"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -70,7 +71,8 @@ def main() -> None:
              "as written (TensorRT's arithmetic). Calibration time includes decoding-free statistics collection "
              "and graph rewriting on this CPU.",
              "Command: `python benchmarks/calibration_study.py`", "",
-             "| method | images | top-1 % | Δtop1 pts | agreement % | flips | calibration s |", "|---|---|---|---|---|---|---|"]
+             "| method | images | top-1 % | Δtop1 pts | agreement % | flips | calibration s |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['images']} | {100 * r['top1']:.1f} | {r['top1_delta']:+.1f} | "
               f"{100 * r['agreement']:.1f} | {r['flips']} | {r['calibration_seconds']:.0f} |" for r in rows]
     lines += ["", "Not available here: onnxruntime's SmoothQuant needs Intel Neural Compressor (a transformer "

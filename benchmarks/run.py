@@ -45,7 +45,8 @@ def run(name: str, args: list[str], fresh: bool = False) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(
         f"# {name}\n\nCommand (from the repository root):\n\n    {shown}\n\n"
-        f"Machine: {machine(data['env'])}.\nDate: {data['created']}.\n\n{table}\n\n![accuracy vs latency]({name}.png)\n")
+        f"Machine: {machine(data['env'])}.\nDate: {data['created']}.\n\n{table}\n\n"
+        f"![accuracy vs latency]({name}.png)\n")
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     shutil.copyfile(out / "accuracy_latency.png", RESULTS / f"{name}.png")
     return data

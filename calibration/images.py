@@ -182,9 +182,8 @@ def load(
     images = ImageSet(str(root), names, np.asarray(labels, np.int64), np.stack(pixels), kept_hashes, skipped, key)
     if cache is not None:
         meta = json.dumps({"names": names, "hashes": kept_hashes, "skipped": skipped})
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, pixels=images.pixels, labels=images.labels, meta=np.asarray(meta))
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, pixels=images.pixels, labels=images.labels, meta=np.asarray(meta))
     return images
 
 

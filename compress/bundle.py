@@ -108,7 +108,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     dla_cmd = f"{build_cmd} --dla-core 0 --gpu-fallback" if prof["dla_cores"] else None
     files = {str(f.relative_to(root)): sha256_file(f) for f in sorted(root.rglob("*")) if f.is_file()}
     manifest = {"target": target, "profile": prof, "compress": __version__, "max_batch": max_batch,
-                "precisions": list(wanted), "variants": [{k: v[k] for k in ("name", "precision", "sparse")} for v in found],
+                "precisions": list(wanted),
+                "variants": [{k: v[k] for k in ("name", "precision", "sparse")} for v in found],
                 "compress_build": [c for c in (build_cmd, dla_cmd) if c], "engines": commands, "files": files}
     write_json(root / "bundle.json", manifest)
     write_text(root / "build-trtexec.sh", "#!/bin/sh\n# Build every engine with NVIDIA's trtexec, on the target.\n"
@@ -116,9 +117,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     write_text(root / "README.md", _readme(target, prof, manifest))
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / f"{name}.tar.gz"
-    with atomic_path(archive) as tmp:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(root, arcname=name)
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(root, arcname=name)
     shutil.rmtree(stage)
     return archive
 

@@ -170,7 +170,8 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
     for option, folder in (("--data", spec.data), ("--calib", spec.calib)):
         if folder is not None and not Path(folder).is_dir():
-            raise UserError(f"{option} folder not found: {folder}", "pass a folder with labels.txt or class sub-folders")
+            raise UserError(f"{option} folder not found: {folder}",
+                            "pass a folder with labels.txt or class sub-folders")
     data = Run(spec).run()
     from compress.report import markdown
 

@@ -52,7 +52,8 @@ def metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def parity(model, onnx_path: str | os.PathLike[str], batch: np.ndarray, tolerance: float = 1e-3) -> dict:
-    """Compare torch and onnxruntime logits on real images; beyond `tolerance` (relative to the logit range) is an error."""
+    """Compare torch and onnxruntime logits on real images; a difference beyond `tolerance` (relative to the largest
+    logit) is an error."""
     torch = require("torch")
     from compress.backends import onnxruntime as ort_backend
 

@@ -15,7 +15,6 @@ Run directory:
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import calibration
 from compress import __version__
 from compress.errors import UserError, require
 from compress.recipe import RunSpec, Variant
-from compress.store import read_json, sha256_file, sha256_json, write_json
+from compress.store import atomic_path, read_json, sha256_file, sha256_json, write_json
 
 ORT_CPU = "onnxruntime-cpu"
 TARGETS = {"int8": "tensorrt", "int8-cpu": ORT_CPU}  # the runtime each precision's file is made for
@@ -73,7 +72,8 @@ class Run:
     # -- images -------------------------------------------------------------------------------------------
     def images(self, folder: str, limit: int | None, what: str) -> calibration.ImageSet:
         images = calibration.load(folder, self.pre, limit, self.root / "cache", progress=f"decode {what}")
-        log(f"{what}: {len(images)} images from {folder}" + (f", {len(images.skipped)} skipped" if images.skipped else ""))
+        skipped = f", {len(images.skipped)} skipped" if images.skipped else ""
+        log(f"{what}: {len(images)} images from {folder}{skipped}")
         return images
 
     @property
@@ -105,7 +105,8 @@ class Run:
 
     def _fp32_key(self) -> dict:
         s = self.spec
-        return {"model": sha256_file(s.model), "arch": s.arch, "preprocess": self.pre.to_dict(), "compress": __version__}
+        return {"model": sha256_file(s.model), "arch": s.arch, "preprocess": self.pre.to_dict(),
+                "compress": __version__}
 
     def _fp32(self, directory: Path, sample: np.ndarray) -> dict:
         from compress import export
@@ -115,14 +116,12 @@ class Run:
         out = directory / "model.onnx"
         if self.spec.is_onnx_model:
             check_fp32_onnx(self.spec.model)
-            shutil.copyfile(self.spec.model, directory / ".model.onnx.part")
             onnx = require("onnx")
-            proto = onnx.load(str(directory / ".model.onnx.part"))
+            proto = onnx.load(self.spec.model)
             export.set_metadata(proto, meta)
-            onnx.save(proto, str(directory / ".model.onnx.part"))
-            (directory / ".model.onnx.part").replace(out)
+            with atomic_path(out) as tmp:
+                onnx.save(proto, str(tmp))
             return {"source": "onnx", "parity": None}
-        from compress import model as models
 
         from compress.prune import count
 
@@ -152,7 +151,8 @@ class Run:
     def _prune_key(self, v: Variant) -> dict:
         s = self.spec
         return {"fp32": self._fp32_key(), "prune": v.prune, "importance": s.importance, "round_to": s.round_to,
-                "global": s.global_pruning, "bn": s.bn_recalibration, "finetune": [s.finetune_epochs, s.finetune_labels],
+                "global": s.global_pruning, "bn": s.bn_recalibration,
+                "finetune": [s.finetune_epochs, s.finetune_labels],
                 "recovery_images": self.recovery_images.key if s.bn_recalibration or s.finetune_epochs else None}
 
     def _prune(self, directory: Path, v: Variant, sample: np.ndarray) -> dict:
@@ -227,7 +227,6 @@ class Run:
 
         def build(d: Path) -> dict:
             from compress import export
-            from compress.store import atomic_path
 
             qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
 

@@ -6,7 +6,6 @@ import types
 import numpy as np
 import pytest
 
-from compress import engine
 from compress.engine import Device, Profile, check_compatible, plan, reusable, sidecar, trtexec_command
 from compress.errors import UserError
 
@@ -100,7 +99,8 @@ def test_every_planned_flag_is_a_tensorrt_flag(monkeypatch):
 
     names = {f for major in (10, 11) for v, vp, p in [("fp32", "fp32", "fp32"), ("fp32", "fp32", "fp16"),
                                                        ("int8", "int8", "int8")]
-             for f in plan(v, vp, p, major, PROFILE, sparse=True).set_flags + plan(v, vp, p, major, PROFILE).clear_flags}
+             for f in (*plan(v, vp, p, major, PROFILE, sparse=True).set_flags,
+                       *plan(v, vp, p, major, PROFILE).clear_flags)}
     names |= set(plan("int8", "int8", "int8", 10, PROFILE, dla_core=0, gpu_fallback=True).set_flags)
     fake = types.ModuleType("tensorrt")
     fake.BuilderFlag = types.SimpleNamespace(**{n: f"BuilderFlag.{n}" for n in names})
@@ -117,9 +117,10 @@ def test_stub_only_tensorrt_is_not_tensorrt(monkeypatch):
 
 def test_fp16_onnx_for_strongly_typed_builds(tiny_onnx, tmp_path, data_dirs):
     onnx = pytest.importorskip("onnx")
+    from conftest import TINY, images
+
     from compress.backends.onnxruntime import Session
     from compress.export import to_fp16
-    from conftest import TINY, images
 
     out = tmp_path / "model-fp16.onnx"
     to_fp16(tiny_onnx, out)
@@ -138,4 +139,5 @@ def test_decisions_import_nothing_heavy():
 
     code = ("import sys, compress.engine, compress.bundle; "
             "print([m for m in ('tensorrt', 'torch', 'onnx', 'onnxruntime') if m in sys.modules])")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

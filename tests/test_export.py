@@ -6,10 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from conftest import TINY, images  # noqa: E402
+
 from compress import export  # noqa: E402
 from compress.backends.onnxruntime import Session  # noqa: E402
 from compress.errors import UserError  # noqa: E402
-from conftest import TINY, images  # noqa: E402
 
 
 def test_export_is_checked_named_and_dynamic(tiny_onnx):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from conftest import TINY, write_images
 
 import calibration
 from calibration.images import Preprocess
 from calibration.reader import CalibrationReader
 from compress.errors import UserError
-from conftest import TINY, write_images
 
 
 def test_labels_txt_and_image_folder_layouts(tmp_path):

@@ -7,11 +7,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 onnx = pytest.importorskip("onnx")
+from conftest import TINY, images  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from compress import export, prune  # noqa: E402
 from compress.cli import main  # noqa: E402
-from conftest import TINY, images  # noqa: E402
 
 
 def accuracy(net, folder):

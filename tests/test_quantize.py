@@ -3,12 +3,12 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+from conftest import TINY, images  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from compress.backends import onnxruntime as ort  # noqa: E402
 from compress.measure import accuracy, top5  # noqa: E402
 from compress.quantize import quantize, tensorrt_problems  # noqa: E402
-from conftest import TINY, images  # noqa: E402
 
 
 @pytest.fixture(scope="module")

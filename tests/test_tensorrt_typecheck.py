@@ -44,5 +44,7 @@ def test_misspelled_flag_and_method_fail(stubs, tmp_path):
 def test_stub_fixes():
     from tensorrt_typecheck import fix
 
-    assert fix("def f(self, in: list[int], out: list[int]) -> int:") == "def f(self, in_: list[int], out: list[int]) -> int:"
-    assert fix("power: Weights = None, channel_axis: int) -> IScaleLayer:").endswith("channel_axis: int = ...) -> IScaleLayer:")
+    assert fix("def f(self, in: list[int], out: list[int]) -> int:") == \
+        "def f(self, in_: list[int], out: list[int]) -> int:"
+    assert fix("power: Weights = None, channel_axis: int) -> IScaleLayer:") == \
+        "power: Weights = None, channel_axis: int = ...) -> IScaleLayer:"
