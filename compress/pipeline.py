@@ -65,6 +65,7 @@ class Run:
         self._calib: calibration.ImageSet | None = None
         self._finetune: calibration.ImageSet | None = None
         self._torch = None
+        self.warnings: list[str] = []
 
     def onnx(self, name: str) -> Path:
         return self.root / "variants" / name / "model.onnx"
@@ -242,9 +243,11 @@ class Run:
                 agree = float((top1 == base["pred5"][:, 0]).mean())
                 log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32, "
                     f"{100 * agree:.1f}% agreement")
+                measured[len(kept)] = {"top1_drop": round(drop, 2), "agreement": agree}
                 return max(drop - s.max_top1_drop if s.max_top1_drop is not None else -np.inf,
                            100 * (s.min_agreement - agree) if s.min_agreement is not None else -np.inf)
 
+            measured: dict[int, dict] = {}
             result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
             (d / "candidate.onnx").unlink(missing_ok=True)
             if result["kept"] is not None:
@@ -256,15 +259,19 @@ class Run:
             write_json(d / "search.json", result)
             budget = {"max_top1_drop": s.max_top1_drop, "min_agreement": s.min_agreement}
             return {"fallback": {"kept": result["kept"], "excess": result["drop"], "budget": budget,
-                                 "tried": result["tried"], "ranked_on": len(subset),
+                                 "tried": measured, "ranked_on": len(subset),
                                  "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
 
         key = {"qdq": key["qdq"], "ranking": ranking, "budget": [s.max_top1_drop, s.min_agreement],
-               "max": s.max_fallback_layers, "images": evaluation.key}
+               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 2}
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:
-            log(f"warning: {v.name}: no mix of up to {s.max_fallback_layers} layers out of INT8 meets the budget")
+            tried = "; ".join(f"{k} layer(s): {m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
+                              for k, m in sorted(record["fallback"]["tried"].items(), key=lambda kv: int(kv[0])))
+            self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layers kept out "
+                                 f"of INT8 meets the budget (tried {tried})")
+            log("warning: " + self.warnings[-1])
             return None
         record["variant"], record["parent"] = mixed.name, v.parent
         self.records[mixed.name] = record
@@ -337,7 +344,7 @@ class Run:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.root / "recipe.json", s.to_dict())
         evaluation = self.images(s.data, s.eval_limit, "evaluation")
-        warnings = []
+        warnings = self.warnings
         if any(v.precision != "fp32" for v in s.variants):
             same = calibration.overlap(evaluation, self.calib)
             if same:

@@ -158,11 +158,14 @@ def markdown(data: dict) -> str:
     for r in data["results"]:
         if r.get("fallback"):
             fb = r["fallback"]
+            tried = "; ".join(f"{k}: {m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}%"
+                              for k, m in sorted(fb["tried"].items(), key=lambda kv: int(kv[0])))
             lines.append(f"- `{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
                          f"the budget ({budget_text(fb['budget'])}; here {-r['top1_delta']:.2f} points below FP32, "
                          f"{100 * r['agreement']:.1f}% agreement): "
                          + ", ".join(f"`{k}`" for k in fb["kept"])
-                         + f". Sensitivity ranked on {fb['ranked_on']} images: {sensitivity_plot(r)}.")
+                         + f". Sensitivity ranked on {fb['ranked_on']} images: {sensitivity_plot(r)}. "
+                         f"Layers out of INT8 tried: {tried}.")
     for n in data.get("not_measured", []):
         lines.append(f"- {n['backend']} ({', '.join(n['precisions'])}): not measured here: {n['reason']}")
     if data.get("warnings"):

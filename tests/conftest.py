@@ -115,14 +115,14 @@ def images(folder: Path, limit: int | None = None):
     return calibration.load(folder, TINY, limit)
 
 
-def plant_outlier(state_dict: dict, scale: float = 1000.0) -> dict:
-    """The same function in FP32, broken in INT8: channel 0 of layer1.0's bn1 output is scaled up by `scale`
-    and conv2's weights for that channel scaled down. The per-tensor activation range entering layer1.0.conv2
+def plant_outlier(state_dict: dict, scale: float = 1000.0, block: str = "layer1.0") -> dict:
+    """The same function in FP32, broken in INT8: channel 0 of the block's bn1 output is scaled up by `scale`
+    and conv2's weights for that channel scaled down. The per-tensor activation range entering the block's conv2
     is then set by one channel, and every other channel rounds to a few levels."""
     sd = {k: v.clone() for k, v in state_dict.items()}
-    sd["layer1.0.bn1.weight"][0] *= scale
-    sd["layer1.0.bn1.bias"][0] *= scale
-    sd["layer1.0.conv2.weight"][:, 0] /= scale
+    sd[f"{block}.bn1.weight"][0] *= scale
+    sd[f"{block}.bn1.bias"][0] *= scale
+    sd[f"{block}.conv2.weight"][:, 0] /= scale
     return sd
 
 

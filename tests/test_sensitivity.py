@@ -118,3 +118,28 @@ def test_fallback_needs_a_budget(tiny_checkpoint, data_dirs, tmp_path, capsys):
     code = main(["run", "--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
                  "--out", str(tmp_path), "--fallback"])
     assert code == 2 and "--fallback needs an accuracy budget" in capsys.readouterr().err
+
+
+def test_fallback_that_cannot_meet_the_budget_says_so(tiny_checkpoint, data_dirs, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from compress.cli import main
+    from conftest import plant_outlier
+
+    two_bad = tmp_path / "two.pth"  # two planted layers: keeping one out of INT8 cannot be enough
+    sd = plant_outlier(plant_outlier(torch.load(tiny_checkpoint, weights_only=True)), block="layer2.0")
+    torch.save(sd, two_bad)
+    out = tmp_path / "run"
+    code = main(["run", "--model", str(two_bad), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+                 "--calib", str(data_dirs["calib"]), "--calib-limit", "48", "--out", str(out), "--variants", "int8",
+                 "--crop", "32", "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2",
+                 "--max-top1-drop", "2", "--fallback", "--sensitivity-images", "16", "--max-fallback-layers", "1"])
+    err = capsys.readouterr().err
+    data = json.loads((out / "report.json").read_text())
+    assert [r["variant"] for r in data["results"]] == ["fp32", "int8"]
+    assert code == 3 and "accuracy budget exceeded by: int8" in err
+    assert "no mix of up to 1 most sensitive layers kept out of INT8 meets the budget (tried 0 layer(s):" in \
+        data["warnings"][0]
+    assert "no mix of up to 1" in (out / "report.md").read_text()
