@@ -124,9 +124,9 @@ def test_fallback_that_cannot_meet_the_budget_says_so(tiny_checkpoint, data_dirs
     import json
 
     import torch
+    from conftest import plant_outlier
 
     from compress.cli import main
-    from conftest import plant_outlier
 
     two_bad = tmp_path / "two.pth"  # two planted layers: keeping one out of INT8 cannot be enough
     sd = plant_outlier(plant_outlier(torch.load(tiny_checkpoint, weights_only=True)), block="layer2.0")
