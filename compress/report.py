@@ -256,11 +256,12 @@ def plots(root: Path, data: dict) -> None:
             ax.tick_params(axis="y", labelsize=7)
             _save(fig, root / sensitivity_plot(r))
 
+    cpu = [r for r in data["results"] if r.get("peak_rss_bytes")]  # process memory: CPU rows
     fig, ax = plt.subplots(figsize=(7, 4))
-    names = [r["variant"] for r in results]
+    names = [r["variant"] for r in cpu]
     xs = range(len(names))
-    ax.bar([i - 0.2 for i in xs], [r["file_bytes"] / 1e6 for r in results], 0.4, label="model file")
-    ax.bar([i + 0.2 for i in xs], [r["peak_rss_bytes"] / 1e6 for r in results], 0.4, label="peak RSS, batch 1")
+    ax.bar([i - 0.2 for i in xs], [r["file_bytes"] / 1e6 for r in cpu], 0.4, label="model file")
+    ax.bar([i + 0.2 for i in xs], [r["peak_rss_bytes"] / 1e6 for r in cpu], 0.4, label="peak RSS, batch 1")
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("MB")
     ax.set_title("memory per variant")

@@ -142,3 +142,29 @@ def test_pareto_and_budget_logic():
     for r in data["results"]:
         r["backend"] = "cpu"
     assert over_budget(data, 0.5) == []  # b's mixed sibling is within budget
+
+
+def test_rows_from_another_device_merge_into_the_report(first_run, tmp_path):
+    """What `compress build` does with its measurements (here two hand-written rows, never committed)."""
+    import shutil
+
+    from compress import report
+
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    base = json.loads((out / "report.json").read_text())["results"][0]
+    gpu = "tensorrt-some-gpu-sm90-trt11.4.0-linux-x86_64"
+    rows = [{**base, "variant": v, "engine": f"{v}.engine", "backend": gpu, "precision": p, "target": "tensorrt",
+             "latency_ms": {"p50": ms, "p90": ms, "p99": ms}, "peak_rss_bytes": None, "file_bytes": 1000}
+            for v, p, ms in (("fp32", "fp32", 2.0), ("int8", "int8", 0.5))]
+    data = report.merge(out, rows)
+    assert [r["backend"] for r in data["results"]].count(gpu) == 2
+    assert not any(n["backend"] == "tensorrt" for n in data["not_measured"])
+    merged = {(r["variant"], r["backend"]): r for r in data["results"]}
+    assert merged[("int8", gpu)]["speedup"] == 4.0  # against the FP32 engine on the same GPU, not the CPU
+    cpu_fp32, cpu_int8 = merged[("fp32", "onnxruntime-cpu")], merged[("int8", "onnxruntime-cpu")]
+    assert cpu_int8["speedup"] == round(cpu_fp32["latency_ms"]["p50"] / cpu_int8["latency_ms"]["p50"], 3)
+    md = (out / "report.md").read_text()
+    assert f"| int8 | {gpu} | tensorrt |" in md and "| — |" in md
+    again = report.merge(out, rows[:1])  # re-measuring replaces, never duplicates
+    assert [r["backend"] for r in again["results"]].count(gpu) == 2
