@@ -15,6 +15,7 @@ Run directory:
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -70,6 +71,14 @@ class Run:
     def onnx(self, name: str) -> Path:
         return self.root / "variants" / name / "model.onnx"
 
+    def digest(self, name: str) -> str:
+        """sha256 of a built variant's ONNX: as its stage recorded (and verified) it, else read now."""
+        return self.records[name]["sha256"].get("model.onnx") or sha256_file(self.onnx(name))
+
+    @functools.cached_property
+    def model_digest(self) -> str:
+        return sha256_file(self.spec.model)
+
     # -- images -------------------------------------------------------------------------------------------
     def images(self, folder: str, limit: int | None, what: str) -> calibration.ImageSet:
         images = calibration.load(folder, self.pre, limit, self.root / "cache", progress=f"decode {what}")
@@ -97,7 +106,8 @@ class Run:
                                    lambda d: self._prune(d, v, sample))
         else:
             parent = self.onnx(v.parent or "fp32")
-            key = {"parent": sha256_file(parent), "calibration": self.calib.key, "method": self.spec.calibration,
+            key = {"parent": self.digest(v.parent or "fp32"), "calibration": self.calib.key,
+                   "method": self.spec.calibration,
                    "format": v.precision, "compress": __version__}
             record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
         record["variant"], record["parent"] = v.name, v.parent
@@ -106,7 +116,7 @@ class Run:
 
     def _fp32_key(self) -> dict:
         s = self.spec
-        return {"model": sha256_file(s.model), "arch": s.arch, "preprocess": self.pre.to_dict(),
+        return {"model": self.model_digest, "arch": s.arch, "preprocess": self.pre.to_dict(),
                 "compress": __version__}
 
     def _fp32(self, directory: Path, sample: np.ndarray) -> dict:
@@ -215,7 +225,7 @@ class Run:
             log(f"warning: {v.name}: every calibration image was used for calibration; ranking layers on "
                 f"{len(subset)} evaluation images (lower --calib-limit to keep them apart)")
         sens_dir = self.root / "results" / "sensitivity" / v.name
-        key = {"qdq": sha256_file(qdq_path), "fp32": sha256_file(fp32_path), "images": subset.key}
+        key = {"qdq": self.digest(v.name), "fp32": self.digest(v.parent or "fp32"), "images": subset.key}
 
         def analyse(d: Path) -> dict:
             write_json(d / "sensitivity.json", sensitivity.analyse(qdq_path, fp32_path, subset, self.pre))
@@ -297,7 +307,7 @@ class Run:
         path = self.onnx(v.name)
         as_written = v.precision == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, as TensorRT computes it
         s = self.spec
-        key = {"onnx": sha256_file(path), "images": evaluation.key, "as_written": as_written,
+        key = {"onnx": self.digest(v.name), "images": evaluation.key, "as_written": as_written,
                "runs": s.latency_runs, "batch": s.throughput_batch, "threads": s.threads,
                "onnxruntime": ort.version(), "saturation_guard": ort.saturation_guard(), "compress": __version__}
         directory = self.root / "results" / ORT_CPU / v.name
