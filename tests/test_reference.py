@@ -35,3 +35,21 @@ def test_reference_resnet50_v1_short_run(tmp_path, capsys):
     assert int8["agreement"] >= 0.85  # 32 calibration images only: a smoke test, not the benchmark
     assert int8["file_bytes"] <= 0.3 * fp32["file_bytes"]
     assert tensorrt_problems(onnx.load(str(out / int8["onnx"]))) == []
+
+    # The deploy bundle of the reference run for an AGX Orin: unpack it and check it.
+    import tarfile
+
+    from compress.store import sha256_file
+
+    assert main(["bundle", str(out), "--target", "agx-orin", "--out", str(tmp_path)]) == 0
+    archive = capsys.readouterr().out.strip()
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    root = tmp_path / "x" / "compress-bundle-agx-orin"
+    manifest = json.loads((root / "bundle.json").read_text())
+    assert all(sha256_file(root / rel) == digest for rel, digest in manifest["files"].items())
+    lines = {c["engine"]: c["trtexec"] for c in manifest["engines"]}
+    assert set(lines) == {"fp32", "fp16", "fp16-dla0", "int8", "int8-dla0"}
+    assert "--noTF32" in lines["fp32"] and "--int8" in lines["int8"] and "--useDLACore=0" in lines["int8-dla0"]
+    assert "--minShapes=input:1x3x224x224" in lines["fp16"]
+    assert json.loads((root / "recipe.json").read_text())["arch"] == "resnet50-v1"
