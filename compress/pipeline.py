@@ -277,7 +277,8 @@ class Run:
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:
-            tried = "; ".join(f"{k} layer(s): {m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
+            tried = "; ".join(f"{k} layer(s): top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% "
+                              "agreement"
                               for k, m in sorted(record["fallback"]["tried"].items(), key=lambda kv: int(kv[0])))
             self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layers kept out "
                                  f"of INT8 meets the budget (tried {tried})")

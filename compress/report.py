@@ -158,7 +158,7 @@ def markdown(data: dict) -> str:
     for r in data["results"]:
         if r.get("fallback"):
             fb = r["fallback"]
-            tried = "; ".join(f"{k}: {m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}%"
+            tried = "; ".join(f"{k}: top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
                               for k, m in sorted(fb["tried"].items(), key=lambda kv: int(kv[0])))
             lines.append(f"- `{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
                          f"the budget ({budget_text(fb['budget'])}; here {-r['top1_delta']:.2f} points below FP32, "
