@@ -193,7 +193,9 @@ class Run:
         if s.bn_recalibration:
             prune.recalibrate_bn(net, self.recovery_images, self.pre)
             recovery.append({"bn_recalibration": len(self.recovery_images)})
-        prune.save(net, directory / "model.pt", s.arch, self.spec_classes(teacher), facts)
+        from compress.model import num_classes_of
+
+        prune.save(net, directory / "model.pt", s.arch, num_classes_of(teacher.state_dict()), facts)
         meta = {"compress.variant": v.name, "compress.precision": "fp32", "compress.target": "any",
                 "compress.preprocess": self.pre_json(), "compress.arch": s.arch, "compress.parent": "fp32"}
         if v.prune == "s24":
@@ -202,11 +204,6 @@ class Run:
         return {"source": "torch", "prune": facts, "recovery": recovery or ["none"],
                 "params": facts["params"], "macs": facts["macs"],
                 "parity": export.parity(net, directory / "model.onnx", sample)}
-
-    @staticmethod
-    def spec_classes(net) -> int:
-        torch = require("torch")
-        return [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
     def fallback(self, v: Variant, evaluation: calibration.ImageSet, base: dict) -> Variant | None:
         """Rank v's layers by INT8 sensitivity, then keep the fewest most sensitive out of INT8 within budget."""
@@ -277,11 +274,10 @@ class Run:
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:
-            tried = "; ".join(f"{k} layer(s): top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% "
-                              "agreement"
-                              for k, m in sorted(record["fallback"]["tried"].items(), key=lambda kv: int(kv[0])))
+            from compress.report import tried_text
+
             self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layers kept out "
-                                 f"of INT8 meets the budget (tried {tried})")
+                                 f"of INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")
             log("warning: " + self.warnings[-1])
             return None
         record["variant"], record["parent"] = mixed.name, v.parent
@@ -370,8 +366,8 @@ class Run:
         for r in results:
             r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
         if s.fallback:
+            report.derive(results)  # deltas against FP32, as the budget check at the end computes them
             for v, r in list(zip(s.variants, results)):
-                r["top1_delta"] = (r["top1"] - base["top1"]) * 100
                 if v.precision == "int8" and report.over(r, s.max_top1_drop, s.min_agreement):
                     log(f"{v.name}: {-r['top1_delta']:.2f} points below FP32, {100 * r['agreement']:.1f}% "
                         "agreement: over budget")

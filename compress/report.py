@@ -148,24 +148,22 @@ def markdown(data: dict) -> str:
         "- Δtop1 is in points against FP32 on the same images; agreement is the share of images whose top-1 class "
         "equals FP32's; flips counts the images where it differs (→wrong: FP32 was right, →right: FP32 was wrong).",
     ]
-    methods = {(r["variant"], r["accuracy_method"], r["latency_method"], r["target"], r["backend"])
+    methods = {(r["variant"], r["accuracy_method"], r["latency_method"], r["target"], on_target(r))
                for r in data["results"]}
-    for name, acc, lat, target, backend in sorted(methods):
-        note = "" if target in ("any", backend) else f" Latency here is not on its target runtime ({target})."
+    for name, acc, lat, target, on in sorted(methods):
+        note = "" if on else f" Latency here is not on its target runtime ({target})."
         lines.append(f"- `{name}`: accuracy by {acc}; latency by {lat}.{note}")
     lines.append("- Latency is batch 1 (p50/p90/p99 after warm-up); img/s at the batch shown; peak RSS is a fresh "
                  "process that loaded the model and ran batch 1 (it includes the runtime itself).")
     for r in data["results"]:
         if r.get("fallback"):
             fb = r["fallback"]
-            tried = "; ".join(f"{k}: top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
-                              for k, m in sorted(fb["tried"].items(), key=lambda kv: int(kv[0])))
             lines.append(f"- `{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
                          f"the budget ({budget_text(fb['budget'])}; here {-r['top1_delta']:.2f} points below FP32, "
                          f"{100 * r['agreement']:.1f}% agreement): "
                          + ", ".join(f"`{k}`" for k in fb["kept"])
                          + f". Sensitivity ranked on {fb['ranked_on']} images: {sensitivity_plot(r)}. "
-                         f"Layers out of INT8 tried: {tried}.")
+                         f"Layers out of INT8 tried: {tried_text(fb['tried'])}.")
     for n in data.get("not_measured", []):
         lines.append(f"- {n['backend']} ({', '.join(n['precisions'])}): not measured here: {n['reason']}")
     if data.get("warnings"):
@@ -230,9 +228,8 @@ def plots(root: Path, data: dict) -> None:
                 lw=1, label="Pareto front")
         for r in mine:
             x, y = r["latency_ms"]["p50"], 100 * r["top1"]
-            on_target = r["target"] in ("any", r["backend"]) or r["backend"].startswith(r["target"])
             style = dict(marker="*", s=220, color="goldenrod") if r["variant"] == "fp32" else dict(
-                marker="o", s=70, color="tab:blue" if on_target else "white", edgecolors="tab:blue")
+                marker="o", s=70, color="tab:blue" if on_target(r) else "white", edgecolors="tab:blue")
             ax.scatter([x], [y], zorder=3, **style)
             ax.annotate(r.get("engine", r["variant"]).removesuffix(".engine"), (x, y), textcoords="offset points",
                         xytext=(6, 6), fontsize=9)
@@ -268,6 +265,17 @@ def plots(root: Path, data: dict) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, root / MEMORY_PLOT)
+
+
+def on_target(r: dict) -> bool:
+    """Whether a result's latency was taken on the runtime its file is made for (tensorrt-<device> is tensorrt)."""
+    return r["target"] == "any" or r["backend"].startswith(r["target"])
+
+
+def tried_text(tried: dict) -> str:
+    """The mixes a fallback search evaluated: layers kept out of INT8 -> top-1 change and agreement."""
+    return "; ".join(f"{k} layer(s): top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
+                     for k, m in sorted(tried.items(), key=lambda kv: int(kv[0])))
 
 
 def budget_text(budget: dict) -> str:
