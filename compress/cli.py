@@ -63,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
                     "out of INT8 until the budget holds (adds VARIANT-mixed)")
     fb.add_argument("--sensitivity-images", type=_positive_int, default=100,
                     help="calibration-folder images not used for calibration, to rank layers (default 100)")
-    fb.add_argument("--max-fallback-layers", type=_positive_int, default=16, help="search limit (default 16)")
+    fb.add_argument("--max-fallback-layers", type=_positive_int, default=16,
+                    help="search limit, in groups of layers that share an input (default 16)")
     pr = r.add_argument_group("pruning (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
     pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
     pr.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor"],

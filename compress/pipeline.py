@@ -229,7 +229,8 @@ class Run:
             return {}
 
         stage(sens_dir, key, ["sensitivity.json"], analyse)
-        ranking = [layer["layer"] for layer in read_json(sens_dir / "sensitivity.json")["layers"]]
+        entries = read_json(sens_dir / "sensitivity.json")["layers"]
+        ranking = [entry.get("layers", [entry["layer"]]) for entry in entries]
         mixed = Variant(f"{v.name}-mixed", v.prune, "int8")
         directory = self.onnx(mixed.name).parent
 
@@ -238,8 +239,9 @@ class Run:
 
             qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
 
-            def excess(kept: list[str]) -> float:
+            def excess(groups: list[list[str]]) -> float:
                 """How far over budget (<= 0: within), in points of top-1 or of agreement."""
+                kept = [name for group in groups for name in group]
                 proto = sensitivity.keep_float(qdq, fp32, kept)
                 with atomic_path(d / "candidate.onnx") as tmp:
                     onnx.save(proto, str(tmp))
@@ -256,6 +258,9 @@ class Run:
 
             measured: dict[int, dict] = {}
             result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
+            if result["kept"] is not None:
+                result["groups"] = result["kept"]
+                result["kept"] = [name for group in result["kept"] for name in group]
             (d / "candidate.onnx").unlink(missing_ok=True)
             if result["kept"] is not None:
                 proto = sensitivity.keep_float(qdq, fp32, result["kept"])
@@ -270,14 +275,14 @@ class Run:
                                  "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
 
         key = {"qdq": key["qdq"], "ranking": ranking, "budget": [s.max_top1_drop, s.min_agreement],
-               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 2}
+               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 3}
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:
             from compress.report import tried_text
 
-            self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layers kept out "
-                                 f"of INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")
+            self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layer groups kept "
+                                 f"out of INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")
             log("warning: " + self.warnings[-1])
             return None
         record["variant"], record["parent"] = mixed.name, v.parent

@@ -4,9 +4,12 @@ Two formats, each for the runtime that will execute it:
 
 - `int8` (TensorRT): Q/DQ, INT8 activations and weights, all symmetric (every zero point 0), per-channel
   weights, biases left in float (TensorRT's parser rejects int32-bias DequantizeLinear). Q/DQ goes only on the
-  *inputs* of Conv, Gemm and both inputs of the residual Adds, the placement TensorRT fuses: Conv+BN+ReLU and
-  Conv+Add+ReLU then run in INT8 end to end. On onnxruntime's CPU kernels this format is slow; it is measured
-  there for accuracy only.
+  *inputs* of Conv and Gemm and on the residual input of each residual Add; the Add's other input is the
+  output of the Conv that TensorRT fuses with it (Conv+Add+ReLU, INT8 in, INT8 out), so it is left at the
+  Conv's accumulator precision. This is TensorRT's recommended placement (ModelOpt's too): one rounding fewer
+  per residual block than Q/DQ on both Add inputs, which leaves a Conv->Q->DQ->Add chain that TensorRT cannot
+  fuse as well (`residual_adds="both"` keeps that layout, for comparison). On onnxruntime's CPU kernels this
+  format is slow; it is measured there for accuracy only.
 - `int8-cpu` (onnxruntime CPU): Q/DQ with uint8 activations (asymmetric) and int8 per-channel weights,
   onnxruntime's preferred CPU layout, quantizing every op it supports.
 """
@@ -44,7 +47,8 @@ FORMATS = {
 
 def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str], images, preprocess,
              fmt: str = "int8", method: str = "percentile", percentile: float = 99.999,
-             nodes_to_exclude: list[str] | None = None, options: dict | None = None) -> dict:
+             nodes_to_exclude: list[str] | None = None, options: dict | None = None,
+             residual_adds: str = "fused") -> dict:
     """Calibrate on `images` and write the quantized model atomically. Returns what was done, for the record."""
     q = require("onnxruntime.quantization")
     from calibration.reader import CalibrationReader
@@ -93,6 +97,8 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             meta.update({"compress.precision": fmt, "compress.target": spec.target,
                          "compress.calibration": f"{method} on {len(images)} images"})
             set_metadata(proto, meta)
+            if spec.target == "tensorrt" and residual_adds == "fused":
+                fuse_residual_adds(proto)
             if spec.target == "tensorrt":
                 problems = tensorrt_problems(proto)
                 if problems:  # a quantizer configuration bug, not a user error
@@ -105,7 +111,77 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             "percentile": percentile if method == "percentile" else None,
             "calibration_seconds": round(time.perf_counter() - started, 2),
             "excluded_nodes": list(nodes_to_exclude or []), "options": options or {},
+            "residual_adds": residual_adds if spec.target == "tensorrt" else None,
             "onnxruntime": require("onnxruntime").__version__}
+
+
+def fuse_residual_adds(proto) -> int:
+    """Take the Q/DQ off the Conv-branch input of every residual Add, in place; returns how many were changed.
+
+    The Conv-branch input is the one a Conv produces through nothing but its Q/DQ pair. Where both inputs
+    come from Convs (a downsampling block: main branch and projection shortcut) it is the one farther from
+    where the two branches split, the main branch, as ModelOpt decides; the shortcut keeps its Q/DQ.
+    """
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def unquantized(tensor: str) -> str:  # the tensor behind a Q->DQ pair, or the tensor itself
+        dq = producer.get(tensor)
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                return q.input[0]
+        return tensor
+
+    def depths(tensor: str) -> dict[str, int]:  # node name -> distance upwards from tensor
+        seen: dict[str, int] = {}
+        frontier, d = [tensor], 0
+        while frontier:
+            nxt = []
+            for t in frontier:
+                n = producer.get(t)
+                if n is not None and n.name not in seen:
+                    seen[n.name] = d
+                    nxt += [i for i in n.input if i and i not in inits]
+            frontier, d = nxt, d + 1
+        return seen
+
+    changed = 0
+    for add in graph.node:
+        if add.op_type != "Add" or any(t in inits for t in add.input) or len(add.input) != 2:
+            continue
+        raw = [unquantized(t) for t in add.input]
+        convs = [k for k, t in enumerate(raw) if t != add.input[k] and producer.get(t) is not None
+                 and producer[t].op_type == "Conv"]
+        if len(convs) == 2:
+            d0, d1 = depths(raw[0]), depths(raw[1])
+            common = set(d0) & set(d1)
+            if not common:
+                continue
+            split = min(common, key=lambda n: d0[n] + d1[n])
+            convs = [0 if d0[split] > d1[split] else 1]
+        if len(convs) == 1:
+            k = convs[0]
+            add.input[k] = raw[k]
+            changed += 1
+    drop_dead(graph)
+    return changed
+
+
+def drop_dead(graph) -> None:
+    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def tensorrt_problems(proto) -> list[str]:
@@ -113,8 +189,9 @@ def tensorrt_problems(proto) -> list[str]:
 
     Checks: every zero point is 0 (TensorRT is symmetric); no DequantizeLinear of int32 (quantized biases are
     rejected by the parser); weights quantized per channel; every Conv/Gemm/MatMul input (activation and weight)
-    comes from a DequantizeLinear; both inputs of every Add that joins two activations (ResNet's residual
-    Adds) come from a DequantizeLinear, or the Add falls back to FP16/FP32.
+    comes from a DequantizeLinear; every Add that joins two activations (ResNet's residual Adds) has both
+    inputs in INT8: each from a DequantizeLinear or from an INT8 Conv that TensorRT fuses with the Add, and at
+    least one from a DequantizeLinear, or the Add falls back to FP16/FP32.
     """
     from onnx import numpy_helper
 
@@ -131,6 +208,11 @@ def tensorrt_problems(proto) -> list[str]:
     def from_dq(tensor: str) -> bool:
         return tensor in producer and producer[tensor].op_type == "DequantizeLinear"
 
+    def int8_conv(tensor: str) -> bool:  # a Conv on INT8 inputs whose only reader is this Add: fused with it
+        conv = producer.get(tensor)
+        return (conv is not None and conv.op_type == "Conv" and all(from_dq(t) for t in conv.input[:2])
+                and sum(tensor in m.input for m in proto.graph.node) == 1)
+
     for n in proto.graph.node:
         if n.op_type in ("Conv", "Gemm", "MatMul"):
             for tensor in n.input[:2]:
@@ -143,6 +225,8 @@ def tensorrt_problems(proto) -> list[str]:
                     problems.append(f"{n.name}: weight quantized per tensor, not per channel")
         if n.op_type == "Add" and not any(t in inits for t in n.input):
             for tensor in n.input:
-                if not from_dq(tensor):
+                if not (from_dq(tensor) or int8_conv(tensor)):
                     problems.append(f"{n.name}: residual Add input {tensor} is not quantized")
+            if not any(from_dq(t) for t in n.input):
+                problems.append(f"{n.name}: residual Add has no quantized residual input")
     return problems

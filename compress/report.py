@@ -247,8 +247,9 @@ def plots(root: Path, data: dict) -> None:
             kept = set(r["fallback"]["kept"])
             fig, ax = plt.subplots(figsize=(8, 0.3 * len(ranking) + 1.5))
             ax.barh([x["layer"] for x in ranking][::-1], [x["kl_gain"] for x in ranking][::-1],
-                    color=["tab:red" if x["layer"] in kept else "tab:gray" for x in ranking][::-1])
-            ax.set_xlabel("KL to FP32 recovered by keeping only this layer out of INT8")
+                    color=["tab:red" if set(x.get("layers", [x["layer"]])) <= kept else "tab:gray"
+                           for x in ranking][::-1])
+            ax.set_xlabel("KL to FP32 recovered by keeping only this layer (group) out of INT8")
             ax.set_title(f"INT8 sensitivity, most sensitive 20 (red: kept out of INT8 in {r['variant']})", fontsize=9)
             ax.tick_params(axis="y", labelsize=7)
             _save(fig, root / sensitivity_plot(r))

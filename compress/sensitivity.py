@@ -5,10 +5,13 @@ activation (the input of its QuantizeLinear) and to its original FP32 weight; Q/
 consumer are dropped. TensorRT then runs that layer in FP16 (TensorRT 10 with the FP16 flag) or in the
 file's float type (TensorRT 11, strongly typed), and INT8 everywhere else.
 
-Sensitivity of a layer = how much closer to FP32 the model gets when only that layer leaves INT8 (KL of the
-softmax outputs against FP32, with MSE of the logits and top-1 agreement alongside), measured on a small set of
-images disjoint from the calibration images. The fallback search then keeps the most sensitive layers out,
-fewest first, until the top-1 drop on the evaluation images is within the budget.
+The unit of fallback is a group: the layers that read the same quantized activation. They share its Q/DQ, so
+only keeping all of them out of INT8 takes that rounding away (a ResNet stage's first block feeds its input to
+conv1 and to the projection shortcut; ResNet-50's most sensitive activation is such a shared one, the stem's
+output). Sensitivity of a group = how much closer to FP32 the model gets when only that group leaves INT8 (KL
+of the softmax outputs against FP32, with MSE of the logits and top-1 agreement alongside), measured on a small
+set of images disjoint from the calibration images. The fallback search then keeps the most sensitive groups
+out, fewest first, until the budget holds on the evaluation images.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import require
+from compress.quantize import drop_dead
 
 
 def layers(proto) -> list[str]:
@@ -29,6 +33,19 @@ def layers(proto) -> list[str]:
     producer = {o: n.op_type for n in proto.graph.node for o in n.output}
     return [n.name for n in proto.graph.node
             if n.op_type in ("Conv", "Gemm", "MatMul") and producer.get(n.input[0]) == "DequantizeLinear"]
+
+
+def groups(proto) -> list[list[str]]:
+    """Quantized layers grouped by the quantized activation they read, in graph order."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    by_input: dict[str, list[str]] = {}
+    for name in layers(proto):
+        node = next(n for n in proto.graph.node if n.name == name)
+        dq = producer[node.input[0]]
+        q = producer.get(dq.input[0])
+        by_input.setdefault(q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0],
+                            []).append(name)
+    return list(by_input.values())
 
 
 def keep_float(qdq_proto, fp32_proto, names: list[str]):
@@ -54,23 +71,8 @@ def keep_float(qdq_proto, fp32_proto, names: list[str]):
         if weight not in have:
             graph.initializer.append(fp32_inits[weight])
             have.add(weight)
-    _drop_dead(graph)
+    drop_dead(graph)
     return model
-
-
-def _drop_dead(graph) -> None:
-    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
 
 
 def compare(logits: np.ndarray, reference: np.ndarray) -> dict:
@@ -96,7 +98,8 @@ def _logits(proto, images, preprocess) -> np.ndarray:
 
 
 def analyse(qdq_path: str | os.PathLike[str], fp32_path: str | os.PathLike[str], images, preprocess) -> dict:
-    """Rank every quantized layer by how much keeping it alone out of INT8 brings the model closer to FP32."""
+    """Rank every group of quantized layers by how much keeping it alone out of INT8 brings the model closer to
+    FP32. Each entry names its layers (`layers`) and, as `layer`, a label for them."""
     from tqdm import tqdm
 
     from compress.backends import onnxruntime as ort
@@ -106,19 +109,18 @@ def analyse(qdq_path: str | os.PathLike[str], fp32_path: str | os.PathLike[str],
     reference = ort.logits(fp32_path, images, preprocess, as_written=False)
     base = compare(_logits(qdq, images, preprocess), reference)
     ranking = []
-    for name in tqdm(layers(qdq), desc="sensitivity", unit="layer", file=sys.stderr, leave=False):
-        m = compare(_logits(keep_float(qdq, fp32, [name]), images, preprocess), reference)
-        ranking.append({"layer": name, **m, "kl_gain": base["kl"] - m["kl"]})
+    for names in tqdm(groups(qdq), desc="sensitivity", unit="group", file=sys.stderr, leave=False):
+        m = compare(_logits(keep_float(qdq, fp32, names), images, preprocess), reference)
+        ranking.append({"layer": " + ".join(names), "layers": names, **m, "kl_gain": base["kl"] - m["kl"]})
     ranking.sort(key=lambda r: r["kl_gain"], reverse=True)
     return {"images": len(images), "all_int8": base, "layers": ranking}
 
 
-def search(ranking: list[str], drop_of: Callable[[list[str]], float], budget: float,
-           max_layers: int | None = None) -> dict:
-    """The fewest most-sensitive layers to keep out of INT8 so that `drop_of(kept) <= budget`.
+def search(ranking: list, drop_of: Callable[[list], float], budget: float, max_layers: int | None = None) -> dict:
+    """The fewest most-sensitive entries (layers or groups) to keep out of INT8 so that `drop_of(kept) <= budget`.
 
-    Tries 1, 2, 4, 8, ... layers, then bisects between the last count over budget and the first within it.
-    Every evaluation is recorded. If even `max_layers` does not meet the budget, `kept` is None.
+    Tries 1, 2, 4, 8, ... entries, then bisects between the last count over budget and the first within it.
+    Every evaluation is recorded. If even `max_layers` entries do not meet the budget, `kept` is None.
     """
     limit = min(max_layers or len(ranking), len(ranking))
     tried: dict[int, float] = {}

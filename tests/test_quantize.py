@@ -50,7 +50,11 @@ def test_int8_is_symmetric_per_channel_without_int32_bias(int8):
             assert conv.input[2] in inits and inits[conv.input[2]].dtype == np.float32
 
 
-def test_int8_feeds_every_conv_gemm_and_residual_add_from_dequantize(int8):
+def consumers(proto, tensor):
+    return [m for m in proto.graph.node if tensor in m.input]
+
+
+def test_int8_feeds_every_conv_gemm_and_residual_add_the_way_tensorrt_fuses(int8):
     proto = onnx.load(str(int8[0]))
     prod = producers(proto)
     nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
@@ -61,31 +65,48 @@ def test_int8_feeds_every_conv_gemm_and_residual_add_from_dequantize(int8):
     adds = [n for n in proto.graph.node if n.op_type == "Add"]
     assert len(adds) == 4  # one residual Add per Bottleneck
     for add in adds:
-        assert [prod[t].op_type for t in add.input] == ["DequantizeLinear", "DequantizeLinear"], add.name
-    # Q/DQ only on inputs of Conv/Gemm/Add: a Conv output is quantized only where it enters a residual Add
-    # (TensorRT then fuses Conv+Add+ReLU); before a ReLU it stays float.
-    def consumers(tensor):
-        return [m for m in proto.graph.node if tensor in m.input]
-
+        # the residual input through Q/DQ; the main branch straight from its last Conv, which TensorRT fuses
+        # with the Add (Conv+Add+ReLU in INT8)
+        conv = next(prod[t] for t in add.input if prod[t].op_type == "Conv")
+        assert "conv3" in conv.name, add.name
+        assert consumers(proto, conv.output[0]) == [add]
+        residual = next(t for t in add.input if t != conv.output[0])
+        assert prod[residual].op_type == "DequantizeLinear", add.name
+    # Q/DQ only on inputs of Conv/Gemm/Add: a Conv output is quantized only where it is a residual input (the
+    # projection shortcut of a downsampling block); before a ReLU it stays float.
+    quantized_convs = []
     for n in proto.graph.node:
         if n.op_type == "Conv":
-            for q in (m for m in consumers(n.output[0]) if m.op_type == "QuantizeLinear"):
-                dq = consumers(q.output[0])
-                assert [m.op_type for d in dq for m in consumers(d.output[0])] == ["Add"], n.name
+            for q in (m for m in consumers(proto, n.output[0]) if m.op_type == "QuantizeLinear"):
+                quantized_convs.append(n.name)
+                readers = [m for d in consumers(proto, q.output[0]) for m in consumers(proto, d.output[0])]
+                assert [m.op_type for m in readers] == ["Add"], n.name
+    assert len(quantized_convs) == 2 and all("downsample" in n for n in quantized_convs)
     assert tensorrt_problems(proto) == []
-    assert int8[1]["target"] == "tensorrt" and int8[1]["images"] == 64
+    assert int8[1]["target"] == "tensorrt" and int8[1]["images"] == 64 and int8[1]["residual_adds"] == "fused"
+
+
+def test_int8_with_qdq_on_both_residual_add_inputs(tiny_onnx, data_dirs, tmp_path):
+    out = tmp_path / "both.onnx"
+    quantize(tiny_onnx, out, images(data_dirs["calib"], 16), TINY, "int8", "minmax", residual_adds="both")
+    proto = onnx.load(str(out))
+    prod = producers(proto)
+    for add in (n for n in proto.graph.node if n.op_type == "Add"):
+        assert [prod[t].op_type for t in add.input] == ["DequantizeLinear", "DequantizeLinear"], add.name
+    assert tensorrt_problems(proto) == []
 
 
 def test_checker_finds_planted_problems(int8):
     proto = onnx.load(str(int8[0]))
     prod = producers(proto)
     add = next(n for n in proto.graph.node if n.op_type == "Add")
-    dq = prod[add.input[1]]
-    add.input[1] = dq.input[0].replace("_QuantizeLinear_Output", "")  # bypass one residual input's Q/DQ
+    k = next(k for k, t in enumerate(add.input) if prod[t].op_type == "DequantizeLinear")
+    dq = prod[add.input[k]]
+    add.input[k] = prod[dq.input[0]].input[0]  # bypass the residual input's Q/DQ
     zp = next(i for i in proto.graph.initializer if i.name == dq.input[2])
     zp.CopyFrom(numpy_helper.from_array(np.array(3, np.int8), zp.name))
     problems = tensorrt_problems(proto)
-    assert any("residual Add input" in p for p in problems)
+    assert any("no quantized residual input" in p for p in problems)
     assert any("non-zero zero point" in p for p in problems)
 
 

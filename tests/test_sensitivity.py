@@ -35,7 +35,7 @@ def test_planted_layer_ranks_first(planted, data_dirs):
     fp32, int8 = planted
     result = sensitivity.analyse(int8, fp32, images(data_dirs["calib"], 32), TINY)
     ranking = result["layers"]
-    assert len(ranking) == 16 and ranking[0]["layer"] == BAD
+    assert len(ranking) == 14 and ranking[0]["layers"] == [BAD]  # 16 layers; 2 pairs share their input
     assert ranking[0]["kl_gain"] > 10 * max(r["kl_gain"] for r in ranking[1:])
     assert ranking[0]["agreement"] > result["all_int8"]["agreement"]
 
@@ -57,6 +57,44 @@ def test_keeping_the_layer_float_restores_accuracy(planted, data_dirs, tmp_path)
     base = top1(fp32, data_dirs["eval"], as_written=False)
     broken, fixed = top1(int8, data_dirs["eval"]), top1(path, data_dirs["eval"])
     assert broken < base - 0.1 and fixed >= base - 0.02
+
+
+SHARED = ["/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/downsample/downsample.0/Conv"]
+
+
+def test_a_planted_shared_activation_needs_its_whole_group(tiny_checkpoint, data_dirs, tmp_path):
+    """An outlier channel in the stem's output, which layer1.0's conv1 and projection shortcut both read: keeping
+    either layer alone out of INT8 leaves the shared Q/DQ in place; only the group restores accuracy."""
+    import torch
+
+    from compress import export
+    from compress import model as models
+
+    sd = {k: v.clone() for k, v in torch.load(tiny_checkpoint, weights_only=True).items()}
+    sd["bn1.weight"][0] *= 1000.0
+    sd["bn1.bias"][0] *= 1000.0
+    sd["layer1.0.conv1.weight"][:, 0] /= 1000.0
+    sd["layer1.0.downsample.0.weight"][:, 0] /= 1000.0
+    ckpt = tmp_path / "shared.pth"
+    torch.save(sd, ckpt)
+    export.export(models.load("test-resnet", ckpt), tmp_path / "fp32.onnx", 32)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    quantize(fp32, int8, images(data_dirs["calib"]), TINY, "int8", "percentile")
+    qdq, fp32_proto = onnx.load(str(int8)), onnx.load(str(fp32))
+    assert SHARED in sensitivity.groups(qdq)
+    ranking = sensitivity.analyse(int8, fp32, images(data_dirs["calib"], 32), TINY)["layers"]
+    assert ranking[0]["layers"] == SHARED
+
+    def agreement(names):
+        path = tmp_path / "mixed.onnx"
+        onnx.save(sensitivity.keep_float(qdq, fp32_proto, names), str(path))
+        ev = images(data_dirs["eval"])
+        return float((ort.logits(path, ev, TINY, True).argmax(1)
+                      == ort.logits(fp32, ev, TINY, False).argmax(1)).mean())
+
+    group, alone = agreement(SHARED), [agreement([name]) for name in SHARED]
+    assert agreement([]) < 0.5 and alone[0] < 0.5 and alone[1] < 0.9  # the rounding of the shared input stays
+    assert group >= 0.95
 
 
 def test_search_finds_the_fewest_layers():
@@ -140,6 +178,6 @@ def test_fallback_that_cannot_meet_the_budget_says_so(tiny_checkpoint, data_dirs
     data = json.loads((out / "report.json").read_text())
     assert [r["variant"] for r in data["results"]] == ["fp32", "int8"]
     assert code == 3 and "accuracy budget exceeded by: int8" in err
-    assert "no mix of up to 1 most sensitive layers kept out of INT8 meets the budget (tried 0 layer(s):" in \
+    assert "no mix of up to 1 most sensitive layer groups kept out of INT8 meets the budget (tried 0 layer(s):" in \
         data["warnings"][0]
     assert "no mix of up to 1" in (out / "report.md").read_text()
