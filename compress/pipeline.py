@@ -106,8 +106,10 @@ class Run:
                                    lambda d: self._prune(d, v, sample))
         else:
             parent = self.onnx(v.parent or "fp32")
+            from compress.quantize import RESIDUAL_ADDS
+
             key = {"parent": self.digest(v.parent or "fp32"), "calibration": self.calib.key,
-                   "method": self.spec.calibration,
+                   "method": self.spec.calibration, "residual_adds": RESIDUAL_ADDS[0],
                    "format": v.precision, "compress": __version__}
             record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
         record["variant"], record["parent"] = v.name, v.parent

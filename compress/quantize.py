@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from compress.errors import UserError, require
 
 METHODS = ("minmax", "entropy", "percentile")
+RESIDUAL_ADDS = ("fused", "both")  # Q/DQ placement on residual Adds for TensorRT; the first is the default
 MIN_CALIBRATION_IMAGES = 500
 
 
@@ -48,7 +49,7 @@ FORMATS = {
 def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str], images, preprocess,
              fmt: str = "int8", method: str = "percentile", percentile: float = 99.999,
              nodes_to_exclude: list[str] | None = None, options: dict | None = None,
-             residual_adds: str = "fused") -> dict:
+             residual_adds: str = RESIDUAL_ADDS[0]) -> dict:
     """Calibrate on `images` and write the quantized model atomically. Returns what was done, for the record."""
     q = require("onnxruntime.quantization")
     from calibration.reader import CalibrationReader
