@@ -30,7 +30,8 @@ def main() -> None:
     from compress import export, measure
     from compress import model as models
     from compress.backends import onnxruntime as ort
-    from compress.quantize import quantize
+    from compress.quantize import RESIDUAL_ADDS, quantize
+    from compress.sensitivity import compare
 
     pre = Preprocess()
     cache = ROOT / "runs" / "calibration-study"
@@ -41,22 +42,28 @@ def main() -> None:
                               check=True).stdout.split()[-1]
         export.export(models.load("resnet50-v1", ckpt), fp32, pre.crop)
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
-    base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
+    reference = ort.logits(fp32, evaluation, pre, as_written=False)
+    base = measure.top5(reference)
     base_acc = measure.accuracy(base, evaluation.labels, base)
 
-    configs = [("percentile", 99.999, int(n), {}) for n in a.sizes.split(",")]
-    configs += [("percentile", 99.99, 512, {}), ("percentile", 99.9999, 512, {}), ("entropy", None, 512, {}),
-                ("minmax", None, 512, {}), ("minmax", None, 512, {"CalibMovingAverage": True})]
+    fused, both = RESIDUAL_ADDS
+    configs = [("percentile", 99.999, int(n), {}, fused) for n in a.sizes.split(",")]
+    configs += [("percentile", 99.999, 512, {}, both), ("percentile", 99.99, 512, {}, fused),
+                ("percentile", 99.9999, 512, {}, fused), ("entropy", None, 512, {}, fused),
+                ("minmax", None, 512, {}, fused), ("minmax", None, 512, {"CalibMovingAverage": True}, fused)]
     rows = []
-    for method, pct, n, options in configs:
+    for method, pct, n, options, placement in configs:
         images = calibration.load(REF / "imagenet-calib", pre, n, cache, progress=f"decode {n}")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
-            facts = quantize(fp32, out, images, pre, "int8", method, pct or 99.999, options=options)
-            acc = measure.accuracy(measure.top5(ort.logits(out, evaluation, pre, as_written=True)),
-                                   evaluation.labels, base)
+            facts = quantize(fp32, out, images, pre, "int8", method, pct or 99.999, options=options,
+                             residual_adds=placement)
+            logits = ort.logits(out, evaluation, pre, as_written=True)
+            acc = measure.accuracy(measure.top5(logits), evaluation.labels, base)
         label = method + (f" {pct}" if pct else "") + ("".join(f" +{k}" for k in options))
-        row = {"method": label, "images": n, "top1": acc["top1"], "top1_delta": 100 * (acc["top1"] - base_acc["top1"]),
+        row = {"method": label, "residual_adds": placement, "images": n,
+               "kl": compare(logits, reference)["kl"], "top1": acc["top1"],
+               "top1_delta": 100 * (acc["top1"] - base_acc["top1"]),
                "agreement": acc["agreement"], "flips": acc["flips"],
                "calibration_seconds": facts["calibration_seconds"]}
         rows.append(row)
@@ -67,14 +74,19 @@ def main() -> None:
              f"Machine: {env['cpu']}, {env['cpu_cores']} cores; onnxruntime {env['onnxruntime']}.",
              f"FP32 top-1 {100 * base_acc['top1']:.1f}% on {len(evaluation)} images of `reference/imagenet-val`; "
              "calibration images drawn from `reference/imagenet-calib` (fixed seed). Symmetric INT8, per-channel "
-             "weights, Q/DQ on Conv/Gemm inputs and both residual Add inputs; accuracy with the Q/DQ graph executed "
-             "as written (TensorRT's arithmetic). Calibration time includes decoding-free statistics collection "
-             "and graph rewriting on this CPU.",
+             "weights, Q/DQ on Conv/Gemm inputs and on residual Adds: `fused` (the default) quantizes only the "
+             "residual input and leaves the Conv branch to TensorRT's Conv+Add fusion, `both` quantizes both "
+             "inputs. Accuracy with the Q/DQ graph executed as written (TensorRT's arithmetic). KL is the mean "
+             "KL divergence of the softmax outputs from FP32's on the same images: a finer measure than "
+             "agreement, which moves by a few images between settings. Calibration time includes "
+             "decoding-free statistics collection and graph rewriting on this CPU.",
              "Command: `python benchmarks/calibration_study.py`", "",
-             "| method | images | top-1 % | Δtop1 pts | agreement % | flips | calibration s |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['images']} | {100 * r['top1']:.1f} | {r['top1_delta']:+.1f} | "
-              f"{100 * r['agreement']:.1f} | {r['flips']} | {r['calibration_seconds']:.0f} |" for r in rows]
+             "| method | residual Adds | images | top-1 % | Δtop1 pts | agreement % | flips | KL ×1000 | "
+             "calibration s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['residual_adds']} | {r['images']} | {100 * r['top1']:.1f} | "
+              f"{r['top1_delta']:+.1f} | {100 * r['agreement']:.1f} | {r['flips']} | {1000 * r['kl']:.2f} | "
+              f"{r['calibration_seconds']:.0f} |" for r in rows]
     lines += ["", "Not available here: onnxruntime's SmoothQuant needs Intel Neural Compressor (a transformer "
               "technique in any case); onnxruntime offers no bias correction or cross-layer equalization."]
     results = ROOT / "benchmarks" / "results"

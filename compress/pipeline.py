@@ -238,6 +238,7 @@ class Run:
 
         def build(d: Path) -> dict:
             from compress import export
+            from compress.report import TOLERANCE
 
             qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
 
@@ -255,8 +256,9 @@ class Run:
                 log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32, "
                     f"{100 * agree:.1f}% agreement")
                 measured[len(kept)] = {"top1_drop": round(drop, 2), "agreement": agree}
-                return max(drop - s.max_top1_drop if s.max_top1_drop is not None else -np.inf,
-                           100 * (s.min_agreement - agree) if s.min_agreement is not None else -np.inf)
+                excess = max(drop - s.max_top1_drop if s.max_top1_drop is not None else -np.inf,
+                             100 * (s.min_agreement - agree) if s.min_agreement is not None else -np.inf)
+                return 0.0 if abs(excess) < TOLERANCE else excess  # exactly on budget is within it
 
             measured: dict[int, dict] = {}
             result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
@@ -277,7 +279,7 @@ class Run:
                                  "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
 
         key = {"qdq": key["qdq"], "ranking": ranking, "budget": [s.max_top1_drop, s.min_agreement],
-               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 3}
+               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 4}
         record, reused = stage(directory, key, ["search.json"], build)
         kept = record["fallback"]["kept"]
         if kept is None:

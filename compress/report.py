@@ -66,12 +66,15 @@ def mark_pareto(results: list[dict]) -> None:
             for o in results)
 
 
+TOLERANCE = 1e-9  # accuracies are image counts over N: a drop equal to the budget must not fail by rounding
+
+
 def over(r: dict, max_top1_drop: float | None, min_agreement: float | None) -> bool:
     """Whether a result breaks the accuracy budget: top-1 points below FP32, or agreement with FP32."""
     if r.get("top1_delta") is None:
         return False
-    return (max_top1_drop is not None and -r["top1_delta"] > max_top1_drop) or (
-        min_agreement is not None and r["agreement"] < min_agreement)
+    return (max_top1_drop is not None and -r["top1_delta"] > max_top1_drop + TOLERANCE) or (
+        min_agreement is not None and r["agreement"] < min_agreement - TOLERANCE)
 
 
 def over_budget(data: dict, max_top1_drop: float | None,

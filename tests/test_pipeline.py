@@ -142,6 +142,9 @@ def test_pareto_and_budget_logic():
     for r in data["results"]:
         r["backend"] = "cpu"
     assert over_budget(data, 0.5) == []  # b's mixed sibling is within budget
+    on_budget = {"variant": "d", "backend": "cpu", "top1_delta": 100 * (0.798 - 0.800), "agreement": 0.985}
+    assert -on_budget["top1_delta"] > 0.2  # float arithmetic puts it a hair over
+    assert over_budget({"results": [on_budget]}, 0.2, min_agreement=0.985) == []  # exactly on budget is within
 
 
 def test_rows_from_another_device_merge_into_the_report(first_run, tmp_path):
