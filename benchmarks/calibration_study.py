@@ -1,7 +1,10 @@
 """INT8 calibration study on the reference model: methods, their settings and calibration set sizes, each
 with top-1 delta, agreement and flips against FP32 on the same 1,000 images, and calibration time.
 
-    python benchmarks/calibration_study.py [--sizes 64,256,512,1000]
+    python benchmarks/calibration_study.py [--sizes 64,256,512,1000] [--only METHOD[,METHOD...]]
+
+Rows are kept in benchmarks/results/calibration-study.json by (method, residual-Add placement, images): a run
+re-measures its own configurations and keeps the others, so one setting can be added without redoing all.
 
 The TensorRT-bound `int8` format throughout; accuracy with the Q/DQ graph executed as written. Writes
 benchmarks/results/calibration-study.{md,json}.
@@ -23,6 +26,7 @@ REF = ROOT.parent / "shared" / "reference"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="64,256,512,1000")
+    p.add_argument("--only", help="comma-separated row labels to measure (e.g. 'percentile 99.999,entropy')")
     a = p.parse_args()
 
     import calibration
@@ -51,7 +55,20 @@ def main() -> None:
     configs += [("percentile", 99.999, 512, {}, both), ("percentile", 99.99, 512, {}, fused),
                 ("percentile", 99.9999, 512, {}, fused), ("entropy", None, 512, {}, fused),
                 ("minmax", None, 512, {}, fused), ("minmax", None, 512, {"CalibMovingAverage": True}, fused)]
-    rows = []
+    def label_of(method, pct, options):
+        return method + (f" {pct}" if pct else "") + "".join(f" +{k}" for k in options)
+
+    if a.only:
+        configs = [c for c in configs if label_of(c[0], c[1], c[3]) in a.only.split(",")]
+    results = ROOT / "benchmarks" / "results"
+    stored = results / "calibration-study.json"
+    rows = json.loads(stored.read_text())["rows"] if stored.exists() else []
+    for r in rows:
+        r.setdefault("residual_adds", both)  # rows measured before the fused placement existed
+
+    def key(r):
+        return r["method"], r["residual_adds"], r["images"]
+
     for method, pct, n, options, placement in configs:
         images = calibration.load(REF / "imagenet-calib", pre, n, cache, progress=f"decode {n}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -60,14 +77,15 @@ def main() -> None:
                              residual_adds=placement)
             logits = ort.logits(out, evaluation, pre, as_written=True)
             acc = measure.accuracy(measure.top5(logits), evaluation.labels, base)
-        label = method + (f" {pct}" if pct else "") + ("".join(f" +{k}" for k in options))
-        row = {"method": label, "residual_adds": placement, "images": n,
+        row = {"method": label_of(method, pct, options), "residual_adds": placement, "images": n,
                "kl": compare(logits, reference)["kl"], "top1": acc["top1"],
                "top1_delta": 100 * (acc["top1"] - base_acc["top1"]),
                "agreement": acc["agreement"], "flips": acc["flips"],
                "calibration_seconds": facts["calibration_seconds"]}
-        rows.append(row)
+        rows = [r for r in rows if key(r) != key(row)] + [row]
         print(json.dumps(row), flush=True)
+    rows.sort(key=lambda r: (r["residual_adds"] != fused, r["method"] != "percentile 99.999", r["method"],
+                             r["images"]))
 
     env = measure.environment()
     lines = ["# INT8 calibration study: ResNet-50 v1, TensorRT-bound Q/DQ", "",
@@ -85,11 +103,11 @@ def main() -> None:
              "calibration s |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['residual_adds']} | {r['images']} | {100 * r['top1']:.1f} | "
-              f"{r['top1_delta']:+.1f} | {100 * r['agreement']:.1f} | {r['flips']} | {1000 * r['kl']:.2f} | "
+              f"{r['top1_delta']:+.1f} | {100 * r['agreement']:.1f} | {r['flips']} | "
+              f"{'%.2f' % (1000 * r['kl']) if 'kl' in r else '—'} | "
               f"{r['calibration_seconds']:.0f} |" for r in rows]
     lines += ["", "Not available here: onnxruntime's SmoothQuant needs Intel Neural Compressor (a transformer "
               "technique in any case); onnxruntime offers no bias correction or cross-layer equalization."]
-    results = ROOT / "benchmarks" / "results"
     (results / "calibration-study.md").write_text("\n".join(lines) + "\n")
     (results / "calibration-study.json").write_text(json.dumps({"fp32": base_acc, "rows": rows, "env": env}, indent=2))
 
