@@ -27,6 +27,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 included."""
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="compress", description="Prune, quantize, export and build a trained vision model, and "
                 "measure every variant against FP32 on the same images and device.")
@@ -48,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--calib-limit", type=_positive_int, default=512, help="calibrate on N images (default 512)")
     r.add_argument("--calibration", default="percentile", choices=["minmax", "entropy", "percentile"],
                    help="activation range method (default percentile, 99.999)")
+    r.add_argument("--bias-correction", type=_count, default=256, metavar="N",
+                   help="correct the biases of int8 (TensorRT) layers for their mean INT8 error, measured on N "
+                   "calibration images; 0: off (default 256)")
     r.add_argument("--max-top1-drop", type=float, metavar="POINTS",
                    help="exit 3 if any variant's top-1 is more than POINTS below FP32")
     r.add_argument("--min-agreement", type=float, metavar="FRACTION",
@@ -162,7 +170,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                    finetune_images=a.finetune_images, finetune_epochs=a.finetune_epochs,
                    finetune_labels=a.finetune_labels, fallback=a.fallback, min_agreement=a.min_agreement,
                    sensitivity_images=a.sensitivity_images, max_fallback_layers=a.max_fallback_layers,
-                   calibration=a.calibration, max_top1_drop=a.max_top1_drop,
+                   calibration=a.calibration, bias_correction=a.bias_correction, max_top1_drop=a.max_top1_drop,
                    preprocess=Preprocess(resize=a.resize, crop=a.crop), latency_runs=a.latency_runs,
                    throughput_batch=a.throughput_batch, threads=a.threads)
     from pathlib import Path

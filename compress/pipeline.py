@@ -110,6 +110,7 @@ class Run:
 
             key = {"parent": self.digest(v.parent or "fp32"), "calibration": self.calib.key,
                    "method": self.spec.calibration, "residual_adds": RESIDUAL_ADDS[0],
+                   "bias_correction": self.spec.bias_correction,
                    "format": v.precision, "compress": __version__}
             record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
         record["variant"], record["parent"] = v.name, v.parent
@@ -298,7 +299,7 @@ class Run:
         from compress.quantize import quantize
 
         return {"quantization": quantize(parent, directory / "model.onnx", self.calib, self.pre, v.precision,
-                                         self.spec.calibration)}
+                                         self.spec.calibration, bias_correction=self.spec.bias_correction)}
 
     def pre_json(self) -> str:
         import json

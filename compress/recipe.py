@@ -80,6 +80,7 @@ class RunSpec:
     eval_limit: int | None = None
     calib_limit: int = 512
     calibration: str = "percentile"
+    bias_correction: int = 256  # calibration images that measure the INT8 bias correction; 0: none
     max_top1_drop: float | None = None
     preprocess: Preprocess = Preprocess()
     latency_runs: int = 100

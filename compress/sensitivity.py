@@ -49,8 +49,10 @@ def groups(proto) -> list[list[str]]:
 
 
 def keep_float(qdq_proto, fp32_proto, names: list[str]):
-    """A copy of `qdq_proto` with the named layers out of INT8 (float activation and original float weight)."""
+    """A copy of `qdq_proto` with the named layers out of INT8 (float activation, original float weight and bias)."""
     onnx = require("onnx")
+    from onnx import numpy_helper
+
     model = onnx.ModelProto()
     model.CopyFrom(qdq_proto)
     graph = model.graph
@@ -58,6 +60,7 @@ def keep_float(qdq_proto, fp32_proto, names: list[str]):
     fp32_nodes = {n.name: n for n in fp32_proto.graph.node}
     fp32_inits = {i.name: i for i in fp32_proto.graph.initializer}
     have = {i.name for i in graph.initializer}
+    inits = {i.name: i for i in graph.initializer}
     wanted = set(names)
     for node in graph.node:
         if node.name not in wanted:
@@ -71,6 +74,13 @@ def keep_float(qdq_proto, fp32_proto, names: list[str]):
         if weight not in have:
             graph.initializer.append(fp32_inits[weight])
             have.add(weight)
+        if len(node.input) > 2 and len(fp32_nodes[node.name].input) > 2:  # the FP32 bias, not the INT8-corrected one
+            bias = fp32_inits[fp32_nodes[node.name].input[2]]
+            if not np.array_equal(numpy_helper.to_array(bias), numpy_helper.to_array(inits[node.input[2]])):
+                node.input[2] = bias.name + "/fp32"
+                if node.input[2] not in have:
+                    graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(bias), node.input[2]))
+                    have.add(node.input[2])
     drop_dead(graph)
     return model
 

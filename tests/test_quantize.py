@@ -139,3 +139,34 @@ def test_accuracy_counts_flips_by_direction():
     assert (r["top1"], r["agreement"], r["flips"], r["flips_to_wrong"], r["flips_to_right"]) == (0.75, 0.5, 2, 1, 1)
     logits = np.array([[0.1, 0.9, 0.5, 0.0, 0.2, 0.3]])
     assert top5(logits).tolist() == [[1, 2, 5, 4, 0]]
+
+
+def test_bias_correction_changes_only_float_biases_and_moves_int8_toward_fp32(outlier_checkpoint, data_dirs,
+                                                                             tmp_path):
+    """On the model with a planted outlier channel, whose INT8 rounding is coarse enough to shift means."""
+    from compress import export
+    from compress import model as models
+    from compress.sensitivity import compare
+
+    tiny_onnx = tmp_path / "fp32.onnx"
+    export.export(models.load("test-resnet", outlier_checkpoint), tiny_onnx, TINY.crop)
+    calib = images(data_dirs["calib"])
+    plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
+    assert quantize(tiny_onnx, plain, calib, TINY, "int8", "percentile", bias_correction=0)["bias_correction"] is None
+    info = quantize(tiny_onnx, corrected, calib, TINY, "int8", "percentile", bias_correction=48)
+    assert info["bias_correction"]["layers"] == 16 and info["bias_correction"]["images"] == 48
+    a, b = onnx.load(str(plain)), onnx.load(str(corrected))
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    before = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    biases = {n.input[2] for n in b.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert changed and changed <= biases  # weights, scales and zero points untouched
+    assert all(after[k].dtype == np.float32 for k in changed) and tensorrt_problems(b) == []
+
+    evaluation = images(data_dirs["eval"])  # images the correction never saw
+    reference = ort.logits(tiny_onnx, evaluation, TINY, as_written=False)
+    logits = {p: ort.logits(p, evaluation, TINY, as_written=True) for p in (plain, corrected)}
+    mean_error = {p: np.abs((x - reference).mean(axis=0)).mean() for p, x in logits.items()}
+    assert mean_error[corrected] < 0.8 * mean_error[plain]
+    assert compare(logits[corrected], reference)["kl"] < compare(logits[plain], reference)["kl"]

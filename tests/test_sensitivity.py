@@ -93,7 +93,7 @@ def test_a_planted_shared_activation_needs_its_whole_group(tiny_checkpoint, data
                       == ort.logits(fp32, ev, TINY, False).argmax(1)).mean())
 
     group, alone = agreement(SHARED), [agreement([name]) for name in SHARED]
-    assert agreement([]) < 0.5 and alone[0] < 0.5 and alone[1] < 0.9  # the rounding of the shared input stays
+    assert agreement([]) < 0.5 and max(alone) < 0.9  # the rounding of the shared input stays
     assert group >= 0.95
 
 
