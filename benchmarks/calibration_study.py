@@ -100,7 +100,8 @@ def main() -> None:
              "residual input and leaves the Conv branch to TensorRT's Conv+Add fusion, `both` quantizes both "
              "inputs. Bias correction: images measuring each layer's mean INT8 error, folded into its float bias "
              "(the default; `off`: none). Accuracy with the Q/DQ graph executed as written (TensorRT's "
-             "arithmetic). KL is the mean KL divergence of the softmax outputs from FP32's on the same images: a finer measure than "
+             "arithmetic). KL is the mean KL divergence of the softmax outputs from FP32's on the same images: "
+             "a finer measure than "
              "agreement, which moves by a few images between settings. Calibration time includes "
              "decoding-free statistics collection and graph rewriting on this CPU.",
              "Command: `python benchmarks/calibration_study.py`", "",
