@@ -3,8 +3,8 @@ with top-1 delta, agreement and flips against FP32 on the same 1,000 images, and
 
     python benchmarks/calibration_study.py [--sizes 64,256,512,1000] [--only METHOD[,METHOD...]]
 
-Rows are kept in benchmarks/results/calibration-study.json by (method, residual-Add placement, images): a run
-re-measures its own configurations and keeps the others, so one setting can be added without redoing all.
+Rows are kept in benchmarks/results/calibration-study.json by (method, residual-Add placement, bias correction,
+images): a run measures the settings that have no row yet (all of its own with --remeasure) and keeps the others.
 
 The TensorRT-bound `int8` format throughout; accuracy with the Q/DQ graph executed as written. Writes
 benchmarks/results/calibration-study.{md,json}.
@@ -27,6 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="64,256,512,1000")
     p.add_argument("--only", help="comma-separated row labels to measure (e.g. 'percentile 99.999,entropy')")
+    p.add_argument("--remeasure", action="store_true", help="measure settings that already have a row")
     a = p.parse_args()
 
     import calibration
@@ -73,6 +74,9 @@ def main() -> None:
         return r["method"], r["residual_adds"], r["bias_correction"], r["images"]
 
     for method, pct, n, options, placement, corrected in configs:
+        if not a.remeasure and any(key(r) == (label_of(method, pct, options), placement, min(corrected, n), n)
+                                   for r in rows):
+            continue
         images = calibration.load(REF / "imagenet-calib", pre, n, cache, progress=f"decode {n}")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
