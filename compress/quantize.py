@@ -64,6 +64,8 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
 
     if method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}", f"choose one of: {', '.join(METHODS)}")
+    if residual_adds not in RESIDUAL_ADDS:
+        raise ValueError(f"residual_adds must be one of {RESIDUAL_ADDS}, not {residual_adds!r}")
     spec = FORMATS[fmt]
     calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                     "percentile": q.CalibrationMethod.Percentile}[method]
