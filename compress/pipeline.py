@@ -263,11 +263,10 @@ class Run:
 
             measured: dict[int, dict] = {}
             result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
+            (d / "candidate.onnx").unlink(missing_ok=True)
             if result["kept"] is not None:
                 result["groups"] = result["kept"]
                 result["kept"] = [name for group in result["kept"] for name in group]
-            (d / "candidate.onnx").unlink(missing_ok=True)
-            if result["kept"] is not None:
                 proto = sensitivity.keep_float(qdq, fp32, result["kept"])
                 export.set_metadata(proto, {"compress.variant": mixed.name,
                                             "compress.fallback": ",".join(result["kept"])})

@@ -140,14 +140,6 @@ def fuse_residual_adds(proto) -> int:
     inits = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
 
-    def unquantized(tensor: str) -> str:  # the tensor behind a Q->DQ pair, or the tensor itself
-        dq = producer.get(tensor)
-        if dq is not None and dq.op_type == "DequantizeLinear":
-            q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                return q.input[0]
-        return tensor
-
     def depths(tensor: str) -> dict[str, int]:  # node name -> distance upwards from tensor
         seen: dict[str, int] = {}
         frontier, d = [tensor], 0
@@ -165,9 +157,8 @@ def fuse_residual_adds(proto) -> int:
     for add in graph.node:
         if add.op_type != "Add" or any(t in inits for t in add.input) or len(add.input) != 2:
             continue
-        raw = [unquantized(t) for t in add.input]
-        convs = [k for k, t in enumerate(raw) if t != add.input[k] and producer.get(t) is not None
-                 and producer[t].op_type == "Conv"]
+        raw = [behind_qdq(producer, t) for t in add.input]
+        convs = [k for k, t in enumerate(raw) if t is not None and t in producer and producer[t].op_type == "Conv"]
         if len(convs) == 2:
             d0, d1 = depths(raw[0]), depths(raw[1])
             common = set(d0) & set(d1)
@@ -215,16 +206,15 @@ def correct_biases(proto, fp32_proto, images, preprocess, batch_size: int = 8) -
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
             continue
-        dq = producer.get(node.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        source = behind_qdq(producer, node.input[0])
         twin_of = fp32_nodes.get(node.name)
-        if q is None or q.op_type != "QuantizeLinear" or twin_of is None or twin_of.input[1] not in fp32_inits:
+        if source is None or twin_of is None or twin_of.input[1] not in fp32_inits:
             continue
         weight = twin_of.input[1]
         if weight not in have:  # the FP32 weight under its own name; the INT8 file keeps only the quantized one
             graph.initializer.append(fp32_inits[weight])
             have.add(weight)
-        twin = helper.make_node(node.op_type, [q.input[0], weight, node.input[2]], [node.output[0] + "/float"],
+        twin = helper.make_node(node.op_type, [source, weight, node.input[2]], [node.output[0] + "/float"],
                                 name=node.name + "/float")
         twin.attribute.extend(node.attribute)
         graph.node.append(twin)
@@ -251,6 +241,16 @@ def correct_biases(proto, fp32_proto, images, preprocess, batch_size: int = 8) -
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + shift.astype(np.float32), bias.name))
         shifts.append(float(np.abs(shift).mean()))
     return {"layers": len(layers), "images": len(images), "mean_abs_shift": round(float(np.mean(shifts)), 6)}
+
+
+def behind_qdq(producer: dict, tensor: str) -> str | None:
+    """The float tensor that a QuantizeLinear -> DequantizeLinear pair turns into `tensor`, or None if `tensor`
+    is not the output of such a pair. `producer` maps tensor names to the nodes that write them."""
+    dq = producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = producer.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def drop_dead(graph) -> None:

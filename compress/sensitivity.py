@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import require
-from compress.quantize import drop_dead
+from compress.quantize import behind_qdq, drop_dead
 
 
 def layers(proto) -> list[str]:
@@ -38,13 +38,11 @@ def layers(proto) -> list[str]:
 def groups(proto) -> list[list[str]]:
     """Quantized layers grouped by the quantized activation they read, in graph order."""
     producer = {o: n for n in proto.graph.node for o in n.output}
+    quantized = set(layers(proto))
     by_input: dict[str, list[str]] = {}
-    for name in layers(proto):
-        node = next(n for n in proto.graph.node if n.name == name)
-        dq = producer[node.input[0]]
-        q = producer.get(dq.input[0])
-        by_input.setdefault(q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0],
-                            []).append(name)
+    for node in proto.graph.node:
+        if node.name in quantized:
+            by_input.setdefault(behind_qdq(producer, node.input[0]) or node.input[0], []).append(node.name)
     return list(by_input.values())
 
 
@@ -65,10 +63,7 @@ def keep_float(qdq_proto, fp32_proto, names: list[str]):
     for node in graph.node:
         if node.name not in wanted:
             continue
-        dq = producer[node.input[0]]
-        q = producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            node.input[0] = q.input[0]
+        node.input[0] = behind_qdq(producer, node.input[0]) or node.input[0]
         weight = fp32_nodes[node.name].input[1]
         node.input[1] = weight
         if weight not in have:
