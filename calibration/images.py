@@ -98,29 +98,53 @@ class ImageSet:
 
 
 def list_images(root: str | os.PathLike[str]) -> list[tuple[str, int]]:
-    """(relative path, class index) for every image of a folder, in a stable order."""
+    """(relative path, class index) for every image of a folder, in a stable order. Nothing outside the folder is
+    ever named: labels.txt entries that lead outside it (``..``, absolute, or through a symlink) are refused, and
+    class folders or files that are symlinks to elsewhere are left out with a warning."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}", "pass a folder with labels.txt or class sub-folders")
+    real = root.resolve()
     labels_file = root / "labels.txt"
-    if labels_file.exists():
+    if labels_file.exists() or labels_file.is_symlink():
+        if not labels_file.is_file() or not labels_file.resolve().is_relative_to(real):
+            raise UserError(f"{labels_file} is not a file inside {root}", "labels.txt must be a plain file there")
+        try:
+            text = labels_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{labels_file} is not UTF-8 text", "one '<path> <class index>' per line") from None
         items = []
-        for n, line in enumerate(labels_file.read_text().splitlines(), 1):
-            if not line.strip():
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            try:
-                rel, idx = line.rsplit(maxsplit=1)
-                items.append((rel, int(idx)))
-            except ValueError:
-                raise UserError(f"{labels_file}:{n}: expected '<relative path> <class index>', got {line!r}") from None
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 9:
+                raise UserError(f"{labels_file}:{n}: expected '<relative path> <class index>'",
+                                "the class index is a whole number, 0 or more")
+            rel = parts[0]
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not (root / rel).resolve().is_relative_to(real):
+                raise UserError(f"{labels_file}:{n}: the image path leads outside {root}",
+                                "paths in labels.txt are relative to its folder and stay inside it")
+            items.append((rel, int(parts[1])))
+        if not items:
+            raise UserError(f"{labels_file} lists no images", "one '<relative path> <class index>' per line")
         return items
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items = [
-        (str(f.relative_to(root)), idx)
-        for idx, cls in enumerate(classes)
-        for f in sorted((root / cls).rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    classes, outside = [], []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            (classes if p.resolve().is_relative_to(real) else outside).append(p.name)
+    items = []
+    for idx, cls in enumerate(classes):
+        for f in sorted((root / cls).rglob("*")):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+                continue
+            if f.resolve().is_relative_to(real):
+                items.append((str(f.relative_to(root)), idx))
+            else:
+                outside.append(str(f.relative_to(root)))
+    if outside:
+        print(f"warning: {root}: left out {len(outside)} symlink(s) that lead outside the folder, e.g. "
+              f"{outside[0]}", file=sys.stderr)
     if not items:
         raise UserError(f"no images found in {root}", "expected labels.txt or one sub-folder of images per class")
     return items

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.bundle import engine_precisions, plans_for, variants
+from compress.bundle import engine_precisions, plans_for
 from compress.engine import BUILD_MAJORS, BuildPlan, Device, Profile, check_compatible, reusable, sidecar
 from compress.errors import UserError
+from compress.rundir import RunDir
 from compress.store import atomic_path, read_json, sha256_file, write_json
 
 
@@ -27,7 +28,7 @@ def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32,
           runs: int = 200) -> list[dict]:
     from compress.backends import tensorrt as trt
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir).check()
     reason = trt.unavailable()
     if reason:
         raise UserError(f"cannot build TensorRT engines on this machine: {reason}",
@@ -36,22 +37,36 @@ def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32,
     if device.tensorrt_major not in BUILD_MAJORS:
         raise UserError(f"TensorRT {device.tensorrt} is not supported by compress build",
                         "use TensorRT 10 or 11, or the trtexec lines of 'compress bundle'")
-    recipe = read_json(run_dir / "recipe.json") if (run_dir / "recipe.json").exists() else {}
-    crop = recipe.get("preprocess", {}).get("crop", 224)
-    found = [v for v in variants(run_dir) if engine_precisions(v["precision"])]
+    found = [v for v in run.variants() if engine_precisions(v["precision"])]
+    crops = {v["preprocess"].crop for v in found}
+    if len(crops) != 1:
+        raise UserError(f"the variants of {run.root} were made for different crops ({sorted(crops)})",
+                        "rerun 'compress run' into a fresh --out")
+    crop = crops.pop()
     where = (dla_core,) if dla_core is not None else (None,)
     plans = plans_for(found, device.tensorrt_major, precisions, Profile("input", (3, crop, crop), 1, 1, max_batch),
                       where, gpu_fallback, workspace_mib)
-    engine_dir = run_dir / "engines" / device.key
+    engine_dir = run.engines(device.key)
     cache = Path(timing_cache) if timing_cache else engine_dir / "timing.cache"
+    recipe = _recipe(run)
+    pre = {v["name"]: v["preprocess"] for v in found}
     rows = []
     for p in plans:
-        engine = build_one(run_dir, engine_dir, p, device, cache)
-        rows.append(measure_engine(run_dir, engine, recipe, max_batch, runs))
+        engine = build_one(run.root, engine_dir, p, device, cache)
+        rows.append(measure_engine(run, engine, pre[p.variant], recipe, max_batch, runs))
     from compress import report
 
-    report.merge(run_dir, rows)
+    report.merge(run.root, rows)
     return rows
+
+
+def _recipe(run: RunDir) -> dict:
+    """Where the run's evaluation images were (provenance only; preprocessing comes from each variant)."""
+    try:
+        recipe = read_json(run.recipe)
+    except (OSError, ValueError):
+        return {}
+    return recipe if isinstance(recipe, dict) else {}
 
 
 def build_one(run_dir: Path, engine_dir: Path, p: BuildPlan, device: Device, cache: Path) -> Path:
@@ -94,10 +109,9 @@ def evaluation_folder(run_dir: Path, recipe: dict) -> Path | None:
     return Path(data) if data and Path(data).is_dir() else None
 
 
-def measure_engine(run_dir: Path, engine: Path, recipe: dict, batch: int, runs: int) -> dict:
+def measure_engine(run: RunDir, engine: Path, pre, recipe: dict, batch: int, runs: int) -> dict:
     """GPU latency by CUDA events (CUDA graph off and on), copies apart, throughput, memory and accuracy."""
     import calibration
-    from calibration.images import Preprocess
     from compress import measure
     from compress.backends import tensorrt as trt
 
@@ -112,32 +126,32 @@ def measure_engine(run_dir: Path, engine: Path, recipe: dict, batch: int, runs: 
     batch_ms = float(np.median(many.time_gpu(max(runs // 10, 10), warmup=5, cuda_graph=False)))
     row = {
         "variant": side["variant"], "engine": engine.name, "backend": f"tensorrt-{device.key}",
-        "precision": side["precision"], "target": "tensorrt", "dla_core": side["build"]["dla_core"],
-        "latency_ms": measure.percentiles(plain), "latency_ms_cuda_graph": measure.percentiles(graphed),
-        "copies_ms": copies, "batch_size": 1, "throughput_batch": batch,
-        "throughput_ips": batch * 1000.0 / batch_ms,
-        "engine_bytes": side["engine_bytes"], "activation_bytes": one.activation_bytes,
-        "device_memory_delta_bytes": one.device_memory_delta, "peak_rss_bytes": None,
+        "precision": side["precision"], "target": "tensorrt",
+        "latency_ms": measure.percentiles(plain), "batch_size": 1, "throughput_batch": batch,
+        "throughput_ips": batch * 1000.0 / batch_ms, "peak_rss_bytes": None,
+        "extra": {"dla_core": side["build"]["dla_core"], "latency_ms_cuda_graph": measure.percentiles(graphed),
+                  "copies_ms": copies, "engine_bytes": side["engine_bytes"],
+                  "activation_bytes": one.activation_bytes, "device_memory_delta_bytes": one.device_memory_delta},
         "file_bytes": side["engine_bytes"], "onnx": f"variants/{side['variant']}/{side['source_onnx']}",
         "latency_method": "CUDA events around execute_async_v3 on one stream, after warm-up; host-device copies "
                           "timed separately (copies_ms)",
         "accuracy_method": "TensorRT engine on this GPU",
     }
-    folder = evaluation_folder(run_dir, recipe)
+    folder = evaluation_folder(run.root, recipe)
     if folder is None:
-        row["accuracy_note"] = "no evaluation images here"
+        row["extra"]["accuracy_note"] = "no evaluation images here"
         return row
-    pre = Preprocess.from_dict(recipe["preprocess"]) if recipe.get("preprocess") else Preprocess()
-    images = calibration.load(folder, pre, recipe.get("eval_limit"), run_dir / "cache")
+    limit = (recipe.get("measure") or {}).get("eval_limit") if folder != run.root / "eval" else None
+    images = calibration.load(folder, pre, limit, run.cache)
     logits = []
     for x, _ in images.batches(pre, batch):
         padded = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)]) if len(x) < batch else x
         logits.append(many.infer(padded)[: len(x)])
     pred5 = measure.top5(np.concatenate(logits))
-    base_path = run_dir / "results" / "onnxruntime-cpu" / "fp32" / "top5.npy"
-    base = np.load(base_path) if base_path.exists() else None
-    if base is None or len(base) != len(pred5):
+    base_path = run.result_dir("onnxruntime-cpu", "fp32") / "top5.npy"
+    base = np.load(base_path, allow_pickle=False) if base_path.exists() else None
+    if base is None or base.shape != pred5.shape:
         base = pred5  # no FP32 reference on these images: agreement is not measured
-        row["agreement_note"] = "no FP32 predictions on the same images"
+        row["extra"]["agreement_note"] = "no FP32 predictions on the same images"
     row.update(measure.accuracy(pred5, images.labels, base))
     return row

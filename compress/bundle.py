@@ -3,7 +3,7 @@
 The bundle is a run directory in miniature (so `compress build` works on it unchanged) plus the target's
 profile, what to build with the exact commands (`compress build` and the equivalent `trtexec` lines),
 file hashes, and optionally the evaluation manifest and images. On the device it needs tensorrt, numpy and
-cuda-python (or pycuda): no torch.
+cuda-python: no torch.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import tempfile
 from importlib import resources
 from pathlib import Path
 
 from compress import __version__
 from compress.engine import PRECISIONS, BuildPlan, Profile, plan, trtexec_command
 from compress.errors import UserError
+from compress.rundir import FORMAT, RunDir
 from compress.store import atomic_path, read_json, sha256_file, write_json, write_text
 
 
@@ -30,20 +32,6 @@ def profile(target: str) -> dict:
     if target not in known:
         raise UserError(f"unknown target {target!r}", f"choose one of: {', '.join(known)}")
     return known[target]
-
-
-def variants(run_dir: Path) -> list[dict]:
-    """The ONNX variants of a run (or bundle) with their precision, read from each file's metadata."""
-    from compress.export import metadata
-
-    found = []
-    for path in sorted((run_dir / "variants").glob("*/model.onnx")):
-        meta = metadata(path)
-        found.append({"name": path.parent.name, "precision": meta.get("compress.precision", "fp32"),
-                      "sparse": meta.get("compress.sparsity") == "2:4", "path": path})
-    if not found:
-        raise UserError(f"no variants in {run_dir}", "run 'compress run' first, or pass a bundle directory")
-    return found
 
 
 def engine_precisions(variant_precision: str) -> tuple[str, ...]:
@@ -72,11 +60,19 @@ def plans_for(found: list[dict], tensorrt_major: int, wanted: tuple[str, ...], p
 def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_batch: int = 8,
            precisions: tuple[str, ...] = PRECISIONS, eval_images: bool = False) -> Path:
     """Write `<out>/<target>.tar.gz` (default out: RUN_DIR/bundles) and return its path."""
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir).check()
     prof = profile(target)
-    recipe = read_json(run_dir / "recipe.json") if (run_dir / "recipe.json").exists() else {}
-    crop = recipe.get("preprocess", {}).get("crop", 224)
-    found = [v for v in variants(run_dir) if engine_precisions(v["precision"])]  # int8-cpu is not for TensorRT
+    found = [v for v in run.variants() if engine_precisions(v["precision"])]  # int8-cpu is not for TensorRT
+    crops = {v["preprocess"].crop for v in found}
+    if len(crops) != 1:
+        raise UserError(f"the variants of {run.root} were made for different crops ({sorted(crops)})",
+                        "rerun 'compress run' into a fresh --out")
+    crop = crops.pop()
+    try:
+        recipe = read_json(run.recipe)
+    except (OSError, ValueError):
+        recipe = {}
+    recipe = recipe if isinstance(recipe, dict) else {}
     wanted = tuple(p for p in precisions if p in prof["precisions"])
     profile_ = Profile("input", (3, crop, crop), 1, 1, max_batch)
     plans = plans_for(found, prof["tensorrt_major"], wanted, profile_, (None, 0) if prof["dla_cores"] else (None,),
@@ -84,18 +80,19 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     if any(v["sparse"] for v in found) and not prof["sparse_weights"]:
         raise UserError(f"{target} has no sparse tensor cores for 2:4 variants", "drop the s24 variants")
     name = f"compress-bundle-{target}"
-    out_dir = Path(out) if out else run_dir / "bundles"
-    stage = out_dir / f".{name}.staging"
-    if stage.exists():
-        shutil.rmtree(stage)
+    out_dir = Path(out) if out else run.root / "bundles"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out_dir))  # one per bundle call
     root = stage / name
     for v in found:
         dst = root / "variants" / v["name"] / "model.onnx"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(v["path"], dst)
+    write_json(root / "run.json", {"format": FORMAT, "compress": __version__})
     write_json(root / "recipe.json", {k: recipe[k] for k in ("preprocess", "arch", "variants") if k in recipe})
-    if recipe.get("data"):
-        _evaluation(root, Path(recipe["data"]), recipe.get("eval_limit"), eval_images)
+    if isinstance(recipe.get("data"), str):
+        limit = (recipe.get("measure") or {}).get("eval_limit")
+        _evaluation(root, Path(recipe["data"]), limit if isinstance(limit, int) else None, eval_images)
 
     commands = []
     for p in plans:
@@ -115,11 +112,12 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     write_text(root / "build-trtexec.sh", "#!/bin/sh\n# Build every engine with NVIDIA's trtexec, on the target.\n"
                f"set -e\nmkdir -p engines/{target}\n" + "".join(c["trtexec"] + "\n" for c in commands))
     write_text(root / "README.md", _readme(target, prof, manifest))
-    out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / f"{name}.tar.gz"
-    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
-        tar.add(root, arcname=name)
-    shutil.rmtree(stage)
+    try:
+        with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+            tar.add(root, arcname=name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return archive
 
 
@@ -129,14 +127,18 @@ def _evaluation(root: Path, data: Path, limit: int | None, copy_images: bool) ->
 
     if not data.is_dir():
         return
-    items = calibration.images.sample(calibration.list_images(data), limit)
+    items = calibration.images.sample(calibration.list_images(data), limit)  # paths checked to stay inside data
     lines = [f"{rel} {label} {sha256_file(data / rel)}" for rel, label in items if (data / rel).is_file()]
     write_text(root / "eval" / "manifest.txt", "# relative path, class index, sha256\n" + "\n".join(lines) + "\n")
     if copy_images:
+        inside = (root / "eval").resolve()
         for rel, _ in items:
+            dst = (root / "eval" / rel).resolve()
+            if not dst.is_relative_to(inside):  # never write outside the bundle, whatever a labels.txt says
+                raise UserError(f"{data}: image path {rel[:60]!r} leads outside the folder")
             if (data / rel).is_file():
-                (root / "eval" / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(data / rel, root / "eval" / rel)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(data / rel, dst)
         write_text(root / "eval" / "labels.txt", "".join(f"{rel} {label}\n" for rel, label in items))
 
 

@@ -27,6 +27,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bounded(low: int, high: int):
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """A whole number, 0 included."""
     return 0 if text.strip() == "0" else _positive_int(text)
@@ -38,51 +60,58 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"compress {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    r = sub.add_parser("run", help="export, quantize and measure variants; write the report",
+    r = sub.add_parser("run", help="export, prune, quantize and measure variants; write the report",
                        description="Take a trained model to deployable variants and report accuracy, latency and "
                        "memory of each against FP32. Finished stages are reused on a second run.")
     r.add_argument("--model", required=True, help="state_dict checkpoint (.pth) or FP32 ONNX file")
     r.add_argument("--arch", help="architecture of a checkpoint: resnet50, resnet50-v1, test-resnet")
     r.add_argument("--data", required=True, help="evaluation images: folder with labels.txt or class sub-folders")
-    r.add_argument("--calib", help="calibration images (disjoint from --data); needed by INT8 variants")
+    r.add_argument("--calib", help="calibration images (disjoint from --data); needed by INT8 variants and pruning")
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--variants", default="fp32,int8",
                    help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU), pNN, s24, and "
                    "pruned+quantized such as p30-int8 (default: fp32,int8)")
-    r.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
-    r.add_argument("--calib-limit", type=_positive_int, default=512, help="calibrate on N images (default 512)")
-    r.add_argument("--calibration", default="percentile", choices=["minmax", "entropy", "percentile"],
+    r.add_argument("--resize", type=_bounded(16, 4096), default=256, help="shorter side before the crop (default 256)")
+    r.add_argument("--crop", type=_bounded(8, 2048), default=224, help="center crop (default 224)")
+    m = r.add_argument_group("measure")
+    m.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
+    m.add_argument("--latency-runs", type=_positive_int, default=100,
+                   help="timed batch-1 runs per variant, split across the rounds (default 100)")
+    m.add_argument("--rounds", type=_positive_int, default=5,
+                   help="interleaved latency rounds, each variant in a fresh process per round (default 5)")
+    m.add_argument("--throughput-batch", type=_positive_int, default=32, help="batch for throughput (default 32)")
+    m.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
+    m.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
+                   help="comma list of backends to measure on (default: every usable one; see 'compress doctor')")
+    q = r.add_argument_group("quantize")
+    q.add_argument("--calib-limit", type=_positive_int, default=512, help="calibrate on N images (default 512)")
+    q.add_argument("--calibration", default="percentile", choices=["minmax", "entropy", "percentile"],
                    help="activation range method (default percentile, 99.999)")
-    r.add_argument("--bias-correction", type=_count, default=256, metavar="N",
+    q.add_argument("--bias-correction", type=_count, default=256, metavar="N",
                    help="correct the biases of int8 (TensorRT) layers for their mean INT8 error, measured on N "
                    "calibration images; 0: off (default 256)")
-    r.add_argument("--max-top1-drop", type=float, metavar="POINTS",
-                   help="exit 3 if any variant's top-1 is more than POINTS below FP32")
-    r.add_argument("--min-agreement", type=float, metavar="FRACTION",
-                   help="exit 3 if any variant agrees with FP32's top-1 on fewer images (e.g. 0.985)")
-    r.add_argument("--latency-runs", type=_positive_int, default=100, help="timed batch-1 runs (default 100)")
-    r.add_argument("--throughput-batch", type=_positive_int, default=32, help="batch for throughput (default 32)")
-    r.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
-    r.add_argument("--resize", type=_positive_int, default=256, help="shorter side before the crop (default 256)")
-    r.add_argument("--crop", type=_positive_int, default=224, help="center crop (default 224)")
-    fb = r.add_argument_group("accuracy-aware INT8")
-    fb.add_argument("--fallback", action="store_true",
-                    help="with --max-top1-drop: rank layers by INT8 sensitivity and keep the fewest most sensitive "
-                    "out of INT8 until the budget holds (adds VARIANT-mixed)")
-    fb.add_argument("--sensitivity-images", type=_positive_int, default=100,
-                    help="calibration-folder images not used for calibration, to rank layers (default 100)")
-    fb.add_argument("--max-fallback-layers", type=_positive_int, default=16,
-                    help="search limit, in groups of layers that share an input (default 16)")
-    pr = r.add_argument_group("pruning (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
+    q.add_argument("--fallback", action="store_true",
+                   help="with a budget: rank layers by INT8 sensitivity and keep the fewest most sensitive out of "
+                   "INT8 until the budget holds (adds VARIANT-mixed)")
+    q.add_argument("--sensitivity-images", type=_positive_int, default=100,
+                   help="calibration-folder images not used for calibration, to rank layers (default 100)")
+    q.add_argument("--max-fallback-layers", type=_positive_int, default=16,
+                   help="search limit, in groups of layers that share an input (default 16)")
+    bu = r.add_argument_group("budget")
+    bu.add_argument("--max-top1-drop", type=_finite, metavar="POINTS",
+                    help="exit 3 if any variant's top-1 is more than POINTS below FP32")
+    bu.add_argument("--min-agreement", type=_finite, metavar="FRACTION",
+                    help="exit 3 if any variant agrees with FP32's top-1 on fewer images (e.g. 0.985)")
+    pr = r.add_argument_group("prune (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
     pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
     pr.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor"],
                     help="channel importance (taylor uses the calibration images' labels) (default l1)")
-    pr.add_argument("--round-to", type=_positive_int, default=8, help="channel counts multiple of (default 8)")
+    pr.add_argument("--round-to", type=_bounded(1, 256), default=8, help="channel counts multiple of (default 8)")
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
                     help="skip re-estimating BatchNorm statistics after pruning")
     pr.add_argument("--finetune-images", metavar="DIR", help="images for recovery (default: the calibration images)")
-    pr.add_argument("--finetune-epochs", type=int, default=0, help="epochs of distillation from FP32 (default 0)")
+    pr.add_argument("--finetune-epochs", type=_count, default=0, help="epochs of distillation from FP32 (default 0)")
     pr.add_argument("--finetune-labels", action="store_true", help="also use the images' labels (cross-entropy)")
 
     b = sub.add_parser("build", help="build and measure TensorRT engines of a run's variants on this GPU",
@@ -123,12 +152,9 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 
 def _run_dir(text: str):
-    from pathlib import Path
+    from compress.rundir import RunDir
 
-    path = Path(text)
-    if not (path / "variants").is_dir():
-        raise UserError(f"{path} is not a run directory (no variants/)", "pass the --out folder of 'compress run'")
-    return path
+    return RunDir(text).check().root
 
 
 def cmd_build(a: argparse.Namespace) -> int:
@@ -153,40 +179,37 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 def cmd_doctor(a: argparse.Namespace) -> int:
     from compress import doctor
 
-    print(doctor.table(doctor.backends()))
+    print(doctor.table(doctor.backends() + doctor.tools()))
     return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from calibration.images import Preprocess
-    from compress.pipeline import Run
-    from compress.recipe import RunSpec, parse_variants
-    from compress.report import over_budget
-
-    spec = RunSpec(model=a.model, arch=a.arch, data=a.data, calib=a.calib, out=a.out,
-                   variants=parse_variants(a.variants, a.prune_ratios), eval_limit=a.eval_limit,
-                   calib_limit=a.calib_limit, importance=a.importance, round_to=a.round_to,
-                   global_pruning=a.global_pruning, bn_recalibration=a.bn_recalibration,
-                   finetune_images=a.finetune_images, finetune_epochs=a.finetune_epochs,
-                   finetune_labels=a.finetune_labels, fallback=a.fallback, min_agreement=a.min_agreement,
-                   sensitivity_images=a.sensitivity_images, max_fallback_layers=a.max_fallback_layers,
-                   calibration=a.calibration, bias_correction=a.bias_correction, max_top1_drop=a.max_top1_drop,
-                   preprocess=Preprocess(resize=a.resize, crop=a.crop), latency_runs=a.latency_runs,
-                   throughput_batch=a.throughput_batch, threads=a.threads)
     from pathlib import Path
 
+    from calibration.images import Preprocess
+    from compress.pipeline import Pipeline
+    from compress.recipe import MeasureSpec, PruneSpec, QuantizeSpec, RunSpec, from_args
+    from compress.report import markdown, over_budget
+    from compress.rundir import parse_variants
+    from compress.sensitivity import Budget
+
+    if a.resize < a.crop:
+        raise UserError(f"--resize {a.resize} is smaller than --crop {a.crop}", "resize to at least the crop")
+    spec = RunSpec(model=a.model, arch=a.arch, data=a.data, calib=a.calib, out=a.out,
+                   variants=parse_variants(a.variants, a.prune_ratios), preprocess=Preprocess(a.resize, a.crop),
+                   quantize=from_args(QuantizeSpec, a), prune=from_args(PruneSpec, a),
+                   measure=from_args(MeasureSpec, a), budget=from_args(Budget, a))
     if not Path(spec.model).is_file():
         raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
     for option, folder in (("--data", spec.data), ("--calib", spec.calib)):
         if folder is not None and not Path(folder).is_dir():
             raise UserError(f"{option} folder not found: {folder}",
                             "pass a folder with labels.txt or class sub-folders")
-    data = Run(spec).run()
-    from compress.report import markdown
-
-    print("\n".join(line for line in markdown(data).splitlines() if line.startswith("|")))
+    data = Pipeline(spec).run()
+    print("\n".join(line for line in markdown(data).split("## Every figure")[0].splitlines()
+                    if line.startswith(("|", "- **"))))
     print(f"\nreport: {Path(spec.out) / 'report.html'}")
-    over = over_budget(data, spec.max_top1_drop, spec.min_agreement)
+    over = over_budget(data, spec.budget)
     if over:
         listed = ", ".join(f"{name} (top-1 -{drop:.2f} points, agreement {100 * agree:.1f}%)"
                            for name, drop, agree in over)
@@ -199,13 +222,10 @@ def cmd_report(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from compress import report
-    from compress.store import read_json
 
-    path = Path(a.run_dir) / "report.json"
-    if not path.is_file():
-        raise UserError(f"no report.json in {a.run_dir}", "run 'compress run' first")
-    report.write(a.run_dir, read_json(path))
-    print(report.markdown(read_json(path)))
+    data = report.load(Path(a.run_dir))
+    report.write(a.run_dir, data)
+    print(report.markdown(data))
     return 0
 
 

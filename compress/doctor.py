@@ -1,4 +1,4 @@
-"""`compress doctor`: every backend and tool, usable here or not, with the one-line reason."""
+"""`compress doctor`: every backend of the registry and every tool, usable here or not, with the reason."""
 
 from __future__ import annotations
 
@@ -23,55 +23,32 @@ def _package(pkg: str, module: str, extra: str) -> str | None:
     return None
 
 
-def _torch_cuda() -> str | None:
-    reason = _package("torch", "torch", "torch")
-    if reason:
-        return reason
-    import torch
-
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return None
-
-
-def _onnxruntime() -> str | None:
-    from compress.backends import onnxruntime
-
-    return onnxruntime.unavailable()
-
-
-def _tensorrt() -> str | None:
-    from compress.backends import tensorrt
-
-    return tensorrt.unavailable()
-
-
-def _cuda_python() -> str | None:
-    from compress.backends import cuda
-
-    return cuda.unavailable()
-
-
-CHECKS = [
-    # name, what it is for, check, version package
-    ("onnxruntime-cpu", "measure every variant on this CPU", _onnxruntime, "onnxruntime"),
-    ("torch", "load checkpoints, export, prune", lambda: _package("torch", "torch", "torch"), "torch"),
-    ("torch-pruning", "structured pruning", lambda: _package("torch-pruning", "torch_pruning", "torch"),
-     "torch-pruning"),
-    ("onnx", "export, check and quantize ONNX", lambda: _package("onnx", "onnx", "onnx"), "onnx"),
-    ("matplotlib", "report plots", lambda: _package("matplotlib", "matplotlib", "report"), "matplotlib"),
-    ("torch-cuda", "PyTorch GPU baseline (FP32/TF32/FP16, CUDA graphs)", _torch_cuda, "torch"),
-    ("cuda-python", "device buffers and CUDA events for TensorRT", _cuda_python, "cuda-python"),
-    ("tensorrt", "build and run engines (compress build)", _tensorrt, "tensorrt"),
+TOOLS = [  # name, what it is for, module, install extra
+    ("torch", "load checkpoints, export, prune", "torch", "torch"),
+    ("torch-pruning", "structured pruning", "torch_pruning", "torch"),
+    ("onnx", "export, check and quantize ONNX", "onnx", "onnx"),
+    ("matplotlib", "report plots", "matplotlib", "report"),
 ]
 
 
 def backends() -> list[dict]:
+    """Every registered backend (whether `compress run` or `compress build` measures it), usable or not."""
+    from compress.backends import all_backends
+
     out = []
-    for name, purpose, check, pkg in CHECKS:
-        reason = check()
-        out.append({"name": name, "usable": reason is None, "purpose": purpose,
-                    "version": _version(pkg) if reason is None else None, "reason": reason})
+    for b in all_backends():
+        reason = b.unavailable()
+        out.append({"name": b.name, "kind": "backend", "stage": b.stage, "usable": reason is None,
+                    "purpose": b.purpose, "reason": reason})
+    return out
+
+
+def tools() -> list[dict]:
+    out = []
+    for name, purpose, module, extra in TOOLS:
+        reason = _package(name, module, extra)
+        out.append({"name": name, "kind": "tool", "usable": reason is None, "purpose": purpose,
+                    "version": _version(name) if reason is None else None, "reason": reason})
     return out
 
 
@@ -80,4 +57,4 @@ def table(rows: list[dict]) -> str:
     purpose = max(len(r["purpose"]) for r in rows)
     return "\n".join(
         f"{r['name']:<{width}}  {'yes' if r['usable'] else 'no ':<3}  {r['purpose']:<{purpose}}  "
-        + (r["version"] or "" if r["usable"] else r["reason"]) for r in rows)
+        + ((r.get("version") or "") if r["usable"] else r["reason"]) for r in rows)

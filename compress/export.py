@@ -60,6 +60,9 @@ def parity(model, onnx_path: str | os.PathLike[str], batch: np.ndarray, toleranc
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(batch)).numpy()
     got = ort_backend.Session(onnx_path, as_written=False).infer(batch)
+    if not (np.isfinite(expected).all() and np.isfinite(got).all()):
+        raise UserError(f"{Path(onnx_path).name}: the model computes non-finite logits (NaN or Inf)",
+                        "check the checkpoint's weights and BatchNorm statistics")
     max_abs = float(np.abs(expected - got).max())
     scale = float(np.abs(expected).max()) or 1.0
     agreement = float((expected.argmax(1) == got.argmax(1)).mean())
@@ -69,6 +72,70 @@ def parity(model, onnx_path: str | os.PathLike[str], batch: np.ndarray, toleranc
         raise UserError(f"{Path(onnx_path).name}: ONNX export differs from torch: {json.dumps(result)}",
                         "a custom op or an unsupported layer may not export faithfully")
     return result
+
+
+def adopt(src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: dict[str, str], preprocess) -> dict:
+    """Take a user's FP32 ONNX file as the fp32 variant: checked to be one image classifier this pipeline can
+    quantize and measure, written with its weights inline and our metadata. Returns facts for the record."""
+    onnx = require("onnx")
+    from compress.store import atomic_path
+
+    name = Path(src).name
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise UserError(f"{name}: not a readable ONNX file ({type(exc).__name__})") from None
+    g = proto.graph
+    inits = {i.name for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if not g.node or len(inputs) != 1 or len(g.output) != 1:
+        raise UserError(f"{name}: expected one image input and one output, found {len(inputs)} input(s), "
+                        f"{len(g.output)} output(s) and {len(g.node)} node(s)", "pass an FP32 image classifier")
+    if {n.op_type for n in g.node} & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}:
+        raise UserError(f"{name} is already quantized", "pass the FP32 ONNX (or the torch checkpoint)")
+    t = inputs[0].type.tensor_type
+    if t.elem_type != onnx.TensorProto.FLOAT:
+        raise UserError(f"{name}: the input is not float32", "pass an FP32 ONNX model")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if len(dims) != 4 or dims[1] not in (None, 3):
+        raise UserError(f"{name}: the input is {dims}, not an image batch (N, 3, H, W)", "pass an image classifier")
+    if any(d is not None and d != preprocess.crop for d in dims[2:]):
+        raise UserError(f"{name}: the input is {dims[2]}x{dims[3]} but --crop is {preprocess.crop}",
+                        f"pass --crop {dims[2]} (and a --resize that suits it)")
+    if dims[0] is not None and dims[0] != 1:
+        raise UserError(f"{name}: the batch size is fixed at {dims[0]}", "export with a dynamic (or 1) batch")
+    folder = Path(src).resolve().parent
+    for init in g.initializer:  # external weights must lie beside the model, not anywhere a path points
+        for entry in init.external_data:
+            if entry.key == "location":
+                target = (folder / entry.value).resolve()
+                if Path(entry.value).is_absolute() or not target.is_relative_to(folder) or not target.is_file():
+                    raise UserError(f"{name}: external weights {entry.value[:60]!r} are not a file beside the "
+                                    "model", "keep the weights file in the model's folder")
+    from compress.backends.onnxruntime import Session
+
+    try:
+        proto = onnx.load(str(src))
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise UserError(f"{name}: not a valid ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                        "check it with onnx.checker; custom ops are not supported") from None
+    set_metadata(proto, meta)
+    with atomic_path(dst) as tmp:
+        onnx.save(proto, str(tmp))
+    try:
+        x = np.zeros((2, 3, preprocess.crop, preprocess.crop), np.float32)
+        out = Session(dst).infer(x)
+    except Exception as exc:
+        Path(dst).unlink(missing_ok=True)
+        raise UserError(f"{name}: onnxruntime cannot run it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120]})", "custom ops and non-standard domains are not "
+                        "supported") from None
+    if out.ndim != 2 or out.shape[0] != 2:
+        Path(dst).unlink(missing_ok=True)
+        raise UserError(f"{name}: the output is {list(out.shape)} for a batch of 2, not (N, classes)",
+                        "pass a classifier whose output is one logit per class")
+    return {"classes": int(out.shape[1])}
 
 
 def to_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:

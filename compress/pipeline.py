@@ -1,21 +1,17 @@
-"""The ordered stages of `compress run`: load images, export, prune, quantize, measure, report.
+"""`compress run`: an ordered list of stages over a run directory.
 
-Every stage writes into the run directory and records a key: a digest of its inputs (content hashes of the
-files it reads, and its options). A later run with the same inputs finds the key and reuses the stage; any
-change recomputes it and everything after it. Outputs are renamed into place before the record is written, so
-a run killed at any point leaves either a finished stage or one that is redone.
+    images -> export -> prune -> calibrate -> quantize -> measure (every usable backend) -> fallback -> report
 
-Run directory:
-    recipe.json                     the resolved options of the last run
-    cache/images-<key>.npz          decoded, cropped images (uint8)
-    variants/<name>/model.onnx      one deployable ONNX per variant, with stage.json (lineage, key, facts)
-    results/<backend>/<name>.json   measurements of a variant on one backend (+ .npz predictions)
-    report.{json,md,csv,html}, *.png
+Every stage writes into the run directory (`RunDir`) and records a key: a digest of its inputs (content hashes
+of the files it reads, and its options). A later run with the same inputs finds the key and reuses the stage;
+any change recomputes it and everything after it. Outputs are renamed into place before the record is written,
+so a run killed at any point leaves either a finished stage or one that is redone.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -26,11 +22,11 @@ import numpy as np
 import calibration
 from compress import __version__
 from compress.errors import UserError, require
-from compress.recipe import RunSpec, Variant
-from compress.store import atomic_path, read_json, sha256_file, sha256_json, write_json
+from compress.recipe import RunSpec
+from compress.rundir import Result, RunDir, Variant, parse_variant
+from compress.store import read_json, sha256_file, sha256_json, write_json
 
-ORT_CPU = "onnxruntime-cpu"
-TARGETS = {"int8": "tensorrt", "int8-cpu": ORT_CPU}  # the runtime each precision's file is made for
+BASELINE = "onnxruntime-cpu"  # the backend whose FP32 predictions every row's agreement is counted against
 
 
 def log(message: str) -> None:
@@ -41,13 +37,13 @@ def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path]
     """Reuse `directory` if its record matches `key` and its outputs are intact; else run `build(directory)`."""
     record_path = directory / "stage.json"
     digest = sha256_json(key)
-    if record_path.exists():
-        record = read_json(record_path)
+    record = _read_record(record_path)
+    if record is not None:
         intact = all((directory / o).exists() and sha256_file(directory / o) == record.get("sha256", {}).get(o)
                      for o in outputs)
         if record.get("key") == digest and intact:
             return record, True
-        record_path.unlink()
+    record_path.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     facts = build(directory)
@@ -57,93 +53,52 @@ def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path]
     return record, False
 
 
-class Run:
+def _read_record(path: Path) -> dict | None:
+    """A stage record, or None when absent, truncated or not an object (then the stage is redone)."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class Pipeline:
     def __init__(self, spec: RunSpec):
         self.spec = spec
-        self.root = Path(spec.out)
+        self.run_dir = RunDir(spec.out)
         self.pre = spec.preprocess
         self.records: dict[str, dict] = {}
-        self._calib: calibration.ImageSet | None = None
-        self._finetune: calibration.ImageSet | None = None
-        self._torch = None
         self.warnings: list[str] = []
+        self._images: dict[str, calibration.ImageSet] = {}
+        self._torch = None
 
-    def onnx(self, name: str) -> Path:
-        return self.root / "variants" / name / "model.onnx"
+    # -- inputs -------------------------------------------------------------------------------------------
+    def images(self, folder: str, limit: int | None, what: str, exclude=frozenset()) -> calibration.ImageSet:
+        if what not in self._images:
+            images = calibration.load(folder, self.pre, limit, self.run_dir.cache, progress=f"decode {what}",
+                                      exclude=exclude)
+            skipped = f", {len(images.skipped)} skipped" if images.skipped else ""
+            log(f"{what}: {len(images)} images from {folder}{skipped}")
+            self._images[what] = images
+        return self._images[what]
 
-    def digest(self, name: str) -> str:
-        """sha256 of a built variant's ONNX: as its stage recorded (and verified) it, else read now."""
-        return self.records[name]["sha256"].get("model.onnx") or sha256_file(self.onnx(name))
+    @property
+    def calib(self) -> calibration.ImageSet:
+        from compress.quantize import MIN_CALIBRATION_IMAGES
+
+        if not self.spec.calib:
+            raise UserError("INT8 variants and pruning need calibration images",
+                            "pass --calib DIR (disjoint from --data)")
+        fresh = "calibration" not in self._images
+        images = self.images(self.spec.calib, self.spec.quantize.calib_limit, "calibration")
+        if fresh and len(images) < MIN_CALIBRATION_IMAGES:
+            log(f"warning: calibrating on {len(images)} images; CNNs want at least {MIN_CALIBRATION_IMAGES} "
+                "for stable ranges")
+        return images
 
     @functools.cached_property
     def model_digest(self) -> str:
         return sha256_file(self.spec.model)
-
-    # -- images -------------------------------------------------------------------------------------------
-    def images(self, folder: str, limit: int | None, what: str) -> calibration.ImageSet:
-        images = calibration.load(folder, self.pre, limit, self.root / "cache", progress=f"decode {what}")
-        skipped = f", {len(images.skipped)} skipped" if images.skipped else ""
-        log(f"{what}: {len(images)} images from {folder}{skipped}")
-        return images
-
-    @property
-    def calib(self) -> calibration.ImageSet:
-        if self._calib is None:
-            if not self.spec.calib:
-                raise UserError("INT8 variants need calibration images", "pass --calib DIR (disjoint from --data)")
-            self._calib = self.images(self.spec.calib, self.spec.calib_limit, "calibration")
-            if len(self._calib) < 500:
-                log(f"warning: calibrating on {len(self._calib)} images; CNNs want at least 500 for stable ranges")
-        return self._calib
-
-    # -- variants -----------------------------------------------------------------------------------------
-    def make(self, v: Variant, sample: np.ndarray) -> None:
-        directory = self.onnx(v.name).parent
-        if v.precision == "fp32" and v.prune is None:
-            record, reused = stage(directory, self._fp32_key(), ["model.onnx"], lambda d: self._fp32(d, sample))
-        elif v.precision == "fp32":
-            record, reused = stage(directory, self._prune_key(v), ["model.onnx", "model.pt"],
-                                   lambda d: self._prune(d, v, sample))
-        else:
-            parent = self.onnx(v.parent or "fp32")
-            from compress.quantize import RESIDUAL_ADDS
-
-            key = {"parent": self.digest(v.parent or "fp32"), "calibration": self.calib.key,
-                   "method": self.spec.calibration, "residual_adds": RESIDUAL_ADDS[0],
-                   "bias_correction": self.spec.bias_correction,
-                   "format": v.precision, "compress": __version__}
-            record, reused = stage(directory, key, ["model.onnx"], lambda d: self._quantize(d, v, parent))
-        record["variant"], record["parent"] = v.name, v.parent
-        self.records[v.name] = record
-        log(f"{v.name}: " + ("reused (inputs unchanged)" if reused else f"built in {record['seconds']} s"))
-
-    def _fp32_key(self) -> dict:
-        s = self.spec
-        return {"model": self.model_digest, "arch": s.arch, "preprocess": self.pre.to_dict(),
-                "compress": __version__}
-
-    def _fp32(self, directory: Path, sample: np.ndarray) -> dict:
-        from compress import export
-
-        meta = {"compress.variant": "fp32", "compress.precision": "fp32", "compress.target": "any",
-                "compress.preprocess": self.pre_json(), "compress.source": Path(self.spec.model).name}
-        out = directory / "model.onnx"
-        if self.spec.is_onnx_model:
-            check_fp32_onnx(self.spec.model)
-            onnx = require("onnx")
-            proto = onnx.load(self.spec.model)
-            export.set_metadata(proto, meta)
-            with atomic_path(out) as tmp:
-                onnx.save(proto, str(tmp))
-            return {"source": "onnx", "parity": None}
-
-        from compress.prune import count
-
-        net = self.torch_model()
-        meta["compress.arch"] = self.spec.arch
-        export.export(net, out, self.pre.crop, meta)
-        return {"source": "torch", "arch": self.spec.arch, "opset": export.OPSET,
-                "parity": export.parity(net, out, sample), **count(net, self.pre.crop)}
 
     def torch_model(self):
         """The FP32 torch model, loaded once per run."""
@@ -153,271 +108,359 @@ class Run:
             self._torch = models.load(self.spec.arch, self.spec.model)
         return self._torch
 
-    @property
-    def recovery_images(self) -> calibration.ImageSet:
-        """Unlabelled images for BN re-estimation and distillation: --finetune-images, else the calibration set."""
-        if self.spec.finetune_images:
-            if self._finetune is None:
-                self._finetune = self.images(self.spec.finetune_images, None, "fine-tuning")
-            return self._finetune
-        return self.calib
+    def digest(self, name: str) -> str:
+        """sha256 of a built variant's ONNX, as its stage recorded (and verified) it."""
+        return self.records[name]["sha256"]["model.onnx"]
 
-    def _prune_key(self, v: Variant) -> dict:
+    def meta(self, v: Variant, **extra: str) -> dict[str, str]:
+        """The ONNX metadata every variant carries: what it is and how its input is prepared."""
+        return {"compress.variant": v.name, "compress.precision": v.precision, "compress.target": v.target,
+                "compress.preprocess": json.dumps(self.pre.to_dict()), **extra}
+
+    # -- stages -------------------------------------------------------------------------------------------
+    def export(self, sample: np.ndarray) -> None:
         s = self.spec
-        return {"fp32": self._fp32_key(), "prune": v.prune, "importance": s.importance, "round_to": s.round_to,
-                "global": s.global_pruning, "bn": s.bn_recalibration,
-                "finetune": [s.finetune_epochs, s.finetune_labels],
-                "recovery_images": self.recovery_images.key if s.bn_recalibration or s.finetune_epochs else None}
-
-    def _prune(self, directory: Path, v: Variant, sample: np.ndarray) -> dict:
-        import copy
-
-        from compress import export, prune
-
-        s, crop = self.spec, self.pre.crop
-        teacher = self.torch_model()
-        net = copy.deepcopy(teacher)
-        if v.prune_ratio is not None:
-            labelled = None
-            if s.importance == "taylor":
-                torch = require("torch")
-                idx = slice(0, 64)
-                labelled = (torch.from_numpy(self.pre.normalize(self.calib.pixels[idx])),
-                            torch.from_numpy(self.calib.labels[idx]))
-            facts = prune.channels(net, v.prune_ratio, crop, s.importance, s.round_to, s.global_pruning, labelled)
-        else:
-            facts = {**prune.sparsify_24(net), **prune.count(net, crop)}
-        recovery = []
-        if s.finetune_epochs:
-            recovery.append({"distillation": prune.distill(net, teacher, self.recovery_images, self.pre,
-                                                           s.finetune_epochs, labels=s.finetune_labels)})
-            if v.prune == "s24":
-                prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
-        if s.bn_recalibration:
-            prune.recalibrate_bn(net, self.recovery_images, self.pre)
-            recovery.append({"bn_recalibration": len(self.recovery_images)})
-        from compress.model import num_classes_of
-
-        prune.save(net, directory / "model.pt", s.arch, num_classes_of(teacher.state_dict()), facts)
-        meta = {"compress.variant": v.name, "compress.precision": "fp32", "compress.target": "any",
-                "compress.preprocess": self.pre_json(), "compress.arch": s.arch, "compress.parent": "fp32"}
-        if v.prune == "s24":
-            meta["compress.sparsity"] = "2:4"
-        export.export(net, directory / "model.onnx", crop, meta)
-        return {"source": "torch", "prune": facts, "recovery": recovery or ["none"],
-                "params": facts["params"], "macs": facts["macs"],
-                "parity": export.parity(net, directory / "model.onnx", sample)}
-
-    def fallback(self, v: Variant, evaluation: calibration.ImageSet, base: dict) -> Variant | None:
-        """Rank v's layers by INT8 sensitivity, then keep the fewest most sensitive out of INT8 within budget."""
-        from compress import sensitivity
-        from compress.backends import onnxruntime as ort
-
-        onnx = require("onnx")
-        s = self.spec
-        qdq_path, fp32_path = self.onnx(v.name), self.onnx(v.parent or "fp32")
-        used = set(self.calib.names)
-        if any(rel not in used for rel, _ in calibration.list_images(s.calib)):
-            subset = calibration.load(s.calib, self.pre, s.sensitivity_images, self.root / "cache", exclude=used)
-            log(f"{v.name}: ranking layers on {len(subset)} calibration-folder images not used for calibration")
-        else:
-            subset = evaluation.head(s.sensitivity_images)
-            log(f"warning: {v.name}: every calibration image was used for calibration; ranking layers on "
-                f"{len(subset)} evaluation images (lower --calib-limit to keep them apart)")
-        sens_dir = self.root / "results" / "sensitivity" / v.name
-        key = {"qdq": self.digest(v.name), "fp32": self.digest(v.parent or "fp32"), "images": subset.key}
-
-        def analyse(d: Path) -> dict:
-            write_json(d / "sensitivity.json", sensitivity.analyse(qdq_path, fp32_path, subset, self.pre))
-            return {}
-
-        stage(sens_dir, key, ["sensitivity.json"], analyse)
-        entries = read_json(sens_dir / "sensitivity.json")["layers"]
-        ranking = [entry.get("layers", [entry["layer"]]) for entry in entries]
-        mixed = Variant(f"{v.name}-mixed", v.prune, "int8")
-        directory = self.onnx(mixed.name).parent
+        key = {"model": self.model_digest, "arch": s.arch, "preprocess": self.pre.to_dict(), "compress": __version__}
+        v = parse_variant("fp32")
 
         def build(d: Path) -> dict:
             from compress import export
-            from compress.report import TOLERANCE
 
-            qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
+            meta = self.meta(v, **{"compress.source": Path(s.model).name})
+            if s.is_onnx_model:
+                return {"source": "onnx", "parity": None, **export.adopt(s.model, d / "model.onnx", meta, self.pre)}
+            from compress.prune import count, save
 
-            def excess(groups: list[list[str]]) -> float:
-                """How far over budget (<= 0: within), in points of top-1 or of agreement."""
-                kept = [name for group in groups for name in group]
-                proto = sensitivity.keep_float(qdq, fp32, kept)
-                with atomic_path(d / "candidate.onnx") as tmp:
-                    onnx.save(proto, str(tmp))
-                logits = ort.logits(d / "candidate.onnx", evaluation, self.pre, as_written=True,
-                                    desc=f"{len(kept)} layer(s) out of INT8")
-                top1 = logits.argmax(1)
-                drop = (base["top1"] - float((top1 == evaluation.labels).mean())) * 100
-                agree = float((top1 == base["pred5"][:, 0]).mean())
-                log(f"{mixed.name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32, "
-                    f"{100 * agree:.1f}% agreement")
-                measured[len(kept)] = {"top1_drop": round(drop, 2), "agreement": agree}
-                excess = max(drop - s.max_top1_drop if s.max_top1_drop is not None else -np.inf,
-                             100 * (s.min_agreement - agree) if s.min_agreement is not None else -np.inf)
-                return 0.0 if abs(excess) < TOLERANCE else excess  # exactly on budget is within it
+            net = self.torch_model()
+            export.export(net, d / "model.onnx", self.pre.crop, {**meta, "compress.arch": s.arch})
+            save(net, d / "model.pt", s.arch, {})
+            return {"source": "torch", "arch": s.arch, "opset": export.OPSET,
+                    "parity": export.parity(net, d / "model.onnx", sample), **count(net, self.pre.crop)}
 
-            measured: dict[int, dict] = {}
-            result = sensitivity.search(ranking, excess, 0.0, s.max_fallback_layers)
-            (d / "candidate.onnx").unlink(missing_ok=True)
-            if result["kept"] is not None:
-                result["groups"] = result["kept"]
-                result["kept"] = [name for group in result["kept"] for name in group]
-                proto = sensitivity.keep_float(qdq, fp32, result["kept"])
-                export.set_metadata(proto, {"compress.variant": mixed.name,
-                                            "compress.fallback": ",".join(result["kept"])})
-                with atomic_path(d / "model.onnx") as tmp:
-                    onnx.save(proto, str(tmp))
-            write_json(d / "search.json", result)
-            budget = {"max_top1_drop": s.max_top1_drop, "min_agreement": s.min_agreement}
-            return {"fallback": {"kept": result["kept"], "excess": result["drop"], "budget": budget,
-                                 "tried": measured, "ranked_on": len(subset),
-                                 "sensitivity": str((sens_dir / "sensitivity.json").relative_to(self.root))}}
+        outputs = ["model.onnx"] if s.is_onnx_model else ["model.onnx", "model.pt"]
+        self._record(v, *stage(self.run_dir.variant_dir("fp32"), key, outputs, build))
 
-        key = {"qdq": key["qdq"], "ranking": ranking, "budget": [s.max_top1_drop, s.min_agreement],
-               "max": s.max_fallback_layers, "images": evaluation.key, "compress": __version__, "record": 4}
-        record, reused = stage(directory, key, ["search.json"], build)
-        kept = record["fallback"]["kept"]
-        if kept is None:
-            from compress.report import tried_text
-
-            self.warnings.append(f"{v.name}: no mix of up to {s.max_fallback_layers} most sensitive layer groups kept "
-                                 f"out of INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")
-            log("warning: " + self.warnings[-1])
-            return None
-        record["variant"], record["parent"] = mixed.name, v.parent
-        self.records[mixed.name] = record
-        log(f"{mixed.name}: {len(kept)} layer(s) kept out of INT8" + (" (reused)" if reused else ""))
-        return mixed
-
-    def _quantize(self, directory: Path, v: Variant, parent: Path) -> dict:
-        from compress.quantize import quantize
-
-        return {"quantization": quantize(parent, directory / "model.onnx", self.calib, self.pre, v.precision,
-                                         self.spec.calibration, bias_correction=self.spec.bias_correction)}
-
-    def pre_json(self) -> str:
-        import json
-
-        return json.dumps(self.pre.to_dict())
-
-    # -- measurement --------------------------------------------------------------------------------------
-    def measure(self, v: Variant, evaluation: calibration.ImageSet) -> dict:
-        """Accuracy with the arithmetic of the variant's target runtime; latency and memory in a fresh process."""
-        from compress.backends import onnxruntime as ort
-
-        path = self.onnx(v.name)
-        as_written = v.precision == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, as TensorRT computes it
-        s = self.spec
-        key = {"onnx": self.digest(v.name), "images": evaluation.key, "as_written": as_written,
-               "runs": s.latency_runs, "batch": s.throughput_batch, "threads": s.threads,
-               "onnxruntime": ort.version(), "saturation_guard": ort.saturation_guard(), "compress": __version__}
-        directory = self.root / "results" / ORT_CPU / v.name
+    def prune(self, v: Variant, sample: np.ndarray) -> None:
+        s, p = self.spec, self.spec.prune
+        recovery = self.recovery_images if p.bn_recalibration or p.finetune_epochs else None
+        key = {"fp32": self.digest("fp32"), "prune": v.prune, "options": p.__dict__,
+               "recovery_images": recovery.key if recovery is not None else None, "compress": __version__}
 
         def build(d: Path) -> dict:
-            logits = ort.logits(path, evaluation, self.pre, as_written, desc=f"evaluate {v.name}")
-            np.save(d / "top5.npy", _top5(logits))
-            timing = ort.measure(path, as_written=False, runs=s.latency_runs, batch=s.throughput_batch,
-                                 threads=s.threads)
-            return {"timing": timing}
+            import copy
 
-        record, reused = stage(directory, key, ["top5.npy"], build)
-        log(f"{v.name}: {'measurement reused' if reused else 'measured'} on {ORT_CPU}")
-        timing = record["timing"]
-        guard = ", session.x64quantprecision=1 (no VNNI)" if key["saturation_guard"] else ""
-        lineage = self.records[v.name] if v.precision == "fp32" else self.records.get(v.parent or "fp32", {})
-        return {
-            "variant": v.name,
-            "parent": v.parent,
-            "backend": ORT_CPU,
-            "precision": "int8" if v.precision.startswith("int8") else v.precision,
-            "target": TARGETS.get(v.precision, "any"),
-            "accuracy_method": ("Q/DQ executed as written (graph optimisations off), TensorRT's arithmetic"
-                                if as_written else f"onnxruntime CPU kernels, all optimisations{guard}"),
-            "latency_method": f"onnxruntime CPU kernels, all optimisations{guard}; " + timing["timer"],
-            "pred5": np.load(directory / "top5.npy"),
-            **{k: timing[k] for k in ("latency_ms", "batch_size", "throughput_ips", "throughput_batch",
-                                      "peak_rss_bytes", "baseline_rss_bytes", "threads")},
-            "file_bytes": path.stat().st_size,
-            "onnx": str(path.relative_to(self.root)),
-            "params": lineage.get("params"),
-            "macs": lineage.get("macs"),
-            "recovery": lineage.get("recovery"),
-            "sparsity": "2:4" if v.prune == "s24" else None,
-            "build": {k: x for k, x in self.records[v.name].items()
-                      if k in ("parity", "quantization", "source", "prune", "recovery")},
-        }
+            from compress import export, prune
+
+            teacher = self.torch_model()
+            net = copy.deepcopy(teacher)
+            if v.prune_ratio is not None:
+                labelled = None
+                if p.importance == "taylor":
+                    torch = require("torch")
+                    head = self.calib.head(64)
+                    labelled = (torch.from_numpy(self.pre.normalize(head.pixels)), torch.from_numpy(head.labels))
+                facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.importance, p.round_to,
+                                       p.global_pruning, labelled)
+            else:
+                facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
+            steps = []
+            if p.finetune_epochs:
+                steps.append({"distillation": prune.distill(net, teacher, recovery, self.pre, p.finetune_epochs,
+                                                            labels=p.finetune_labels)})
+                if v.prune == "s24":
+                    prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
+            if p.bn_recalibration:
+                prune.recalibrate_bn(net, recovery, self.pre)
+                steps.append({"bn_recalibration": len(recovery)})
+            prune.save(net, d / "model.pt", s.arch, facts)
+            extra = {"compress.arch": s.arch, "compress.parent": "fp32"}
+            if v.prune == "s24":
+                extra["compress.sparsity"] = "2:4"
+            export.export(net, d / "model.onnx", self.pre.crop, self.meta(v, **extra))
+            return {"source": "torch", "prune": facts, "recovery": steps or ["none"], "params": facts["params"],
+                    "macs": facts["macs"], "parity": export.parity(net, d / "model.onnx", sample)}
+
+        self._record(v, *stage(self.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], build))
+
+    @property
+    def recovery_images(self) -> calibration.ImageSet:
+        """Unlabelled images for BN re-estimation and distillation: --finetune-images, else the calibration set."""
+        folder = self.spec.prune.finetune_images
+        return self.images(folder, None, "fine-tuning") if folder else self.calib
+
+    def statistics(self, parent: str):
+        """Activation statistics of a float variant on the calibration images, shared by its INT8 formats."""
+        from calibration import ranges
+
+        q = self.spec.quantize
+        if q.calibration not in ("minmax", "percentile"):
+            return None  # entropy: onnxruntime calibrates on its own
+        images = self.calib
+        key = {"model": self.digest(parent), "images": images.key, "format": 1}
+        directory = self.run_dir.cache / f"statistics-{sha256_json(key)[:16]}"
+
+        def build(d: Path) -> dict:
+            onnx = require("onnx")
+            tensors = ranges.tensors_to_calibrate(onnx.load(str(self.run_dir.onnx(parent))), None)
+            stats = ranges.collect(self.run_dir.onnx(parent), images, self.pre, tensors,
+                                   progress=f"calibrate {parent}")
+            stats.save(d / "statistics.npz")
+            return {"tensors": len(tensors), "images": stats.images}
+
+        record, reused = stage(directory, key, ["statistics.npz"], build)
+        if not reused:
+            log(f"{parent}: activation statistics on {len(images)} images in {record['seconds']} s")
+        return ranges.Statistics.load(directory / "statistics.npz")
+
+    def quantize(self, v: Variant) -> None:
+        from compress.quantize import RESIDUAL_ADDS, quantize
+
+        q, parent = self.spec.quantize, v.parent or "fp32"
+        key = {"parent": self.digest(parent), "calibration": self.calib.key, "method": q.calibration,
+               "residual_adds": RESIDUAL_ADDS[0], "bias_correction": q.bias_correction, "format": v.precision,
+               "compress": __version__}
+
+        def build(d: Path) -> dict:
+            facts = quantize(self.run_dir.onnx(parent), d / "model.onnx", self.calib, self.pre, v.precision,
+                             q.calibration, bias_correction=q.bias_correction, statistics=self.statistics(parent))
+            return {"quantization": facts}
+
+        self._record(v, *stage(self.run_dir.variant_dir(v.name), key, ["model.onnx"], build))
+
+    def _record(self, v: Variant, record: dict, reused: bool) -> None:
+        record["variant"], record["parent"] = v.name, v.parent
+        self.records[v.name] = record
+        log(f"{v.name}: " + ("reused (inputs unchanged)" if reused else f"built in {record['seconds']} s"))
+
+    # -- measurement --------------------------------------------------------------------------------------
+    def measure(self, variants: list[Variant], evaluation: calibration.ImageSet) -> tuple[list[Result], dict]:
+        """Every variant on every usable backend `compress run` measures: accuracy in this process, latency in
+        interleaved rounds of fresh processes. Returns the rows and each row's top-5 predictions."""
+        from compress import backends
+
+        rows, preds = [], {}
+        for backend in backends.all_backends():
+            wanted = self.spec.measure.backends
+            if backend.stage != "run" or (wanted and backend.name not in wanted) or backend.unavailable():
+                continue
+            runnable = [(v, info, how) for v in variants
+                        for info in [self.file(v)] if (how := backend.runs(info)) is not None]
+            if not runnable:
+                continue
+            timing = self.latency(backend, [info for _, info, _ in runnable])
+            env = backend.describe()
+            for v, info, how in runnable:
+                pred5 = self.accuracy(backend, v, info, evaluation)
+                row = self.result(v, backend.name, how, timing[v.name], env)
+                rows.append(row)
+                preds[(v.name, backend.name)] = pred5
+        return rows, preds
+
+    def file(self, v: Variant) -> dict:
+        return {"name": v.name, "precision": v.precision, "path": self.run_dir.onnx(v.name), "crop": self.pre.crop}
+
+    def accuracy(self, backend, v: Variant, info: dict, evaluation: calibration.ImageSet) -> np.ndarray:
+        from tqdm import tqdm
+
+        from compress.measure import top5
+
+        how = {k: x for k, x in backend.runs(info).items() if k != "file"}
+        key = {"onnx": self.digest(v.name), "images": evaluation.key, "backend": backend.describe(), "how": how,
+               "compress": __version__}
+        if backend.name.startswith("torch"):
+            key["torch_model"] = self.records[v.name]["sha256"].get("model.pt")
+
+        def build(d: Path) -> dict:
+            session = backend.open(info, for_accuracy=True)
+            out = []
+            with tqdm(total=len(evaluation), desc=f"evaluate {v.name} on {backend.name}", unit="img",
+                      file=sys.stderr, leave=False) as bar:
+                for batch, _ in evaluation.batches(self.pre, 32):
+                    out.append(session.infer(batch))
+                    bar.update(len(batch))
+            logits = np.concatenate(out)
+            if not np.isfinite(logits).all():
+                raise UserError(f"{v.name} computes non-finite logits on {backend.name}",
+                                "check the model's weights (NaN or Inf)")
+            np.save(d / "top5.npy", top5(logits).astype(np.int32))
+            return {}
+
+        directory = self.run_dir.result_dir(backend.name, v.name)
+        _, reused = stage(directory, key, ["top5.npy"], build)
+        log(f"{v.name}: accuracy on {backend.name} {'reused' if reused else 'measured'}")
+        return np.load(directory / "top5.npy", allow_pickle=False)
+
+    def latency(self, backend, files: list[dict]) -> dict[str, dict]:
+        """All variants of a backend timed together, in interleaved rounds: one stage, redone if any changes."""
+        from tqdm import tqdm
+
+        from compress import backends
+
+        m = self.spec.measure
+        key = {"files": {f["name"]: self.digest(f["name"]) for f in files}, "backend": backend.describe(),
+               "runs": m.latency_runs, "rounds": m.rounds, "batch": m.throughput_batch, "threads": m.threads,
+               "compress": __version__}
+
+        def build(d: Path) -> dict:
+            with tqdm(total=m.rounds * len(files), desc=f"latency on {backend.name}", unit="probe", file=sys.stderr,
+                      leave=False) as bar:
+                timing = backends.latency(backend.name, files, m.rounds, m.latency_runs, m.threads,
+                                          m.throughput_batch, progress=lambda: bar.update(1))
+            write_json(d / "latency.json", timing)
+            return {}
+
+        directory = self.run_dir.root / "results" / backend.name / "latency"
+        record, reused = stage(directory, key, ["latency.json"], build)
+        log(f"latency on {backend.name}: " + ("reused" if reused else f"measured in {record['seconds']} s"))
+        return read_json(directory / "latency.json")
+
+    def result(self, v: Variant, backend: str, how: dict, timing: dict, env: dict) -> Result:
+        record = self.records[v.name]
+        lineage = record if v.precision == "fp32" else self.records.get(v.parent or "fp32", {})
+        path = self.run_dir.onnx(v.name)
+        return Result(
+            variant=v.name, backend=backend, precision=how["precision"], target=v.target,
+            accuracy_method=how["accuracy_method"], latency_method=how["latency_method"],
+            latency_ms=timing["latency_ms"], latency_spread_ms=timing["latency_spread_ms"], rounds=timing["rounds"],
+            throughput_ips=timing["throughput_ips"], throughput_batch=timing["throughput_batch"],
+            peak_rss_bytes=timing["peak_rss_bytes"], baseline_rss_bytes=timing["baseline_rss_bytes"],
+            threads=timing["threads"], file_bytes=Path(how["file"]).stat().st_size,
+            onnx=str(path.relative_to(self.run_dir.root)),
+            parent=v.parent, params=lineage.get("params"), macs=lineage.get("macs"), recovery=lineage.get("recovery"),
+            sparsity="2:4" if v.prune == "s24" else None,
+            build={k: x for k, x in record.items() if k in ("parity", "quantization", "source", "prune", "recovery")},
+            fallback=record.get("fallback"), extra={"device": env.get("device")})
+
+    # -- accuracy-aware INT8 ------------------------------------------------------------------------------
+    def fallbacks(self, evaluation: calibration.ImageSet) -> list[Variant]:
+        """VARIANT-mixed for every int8 variant over budget on the baseline backend (latency is measured later,
+        with every other variant)."""
+        from compress import backends
+        from compress.measure import accuracy
+
+        ort = backends.get(BASELINE)
+        pred = {v.name: self.accuracy(ort, v, self.file(v), evaluation) for v in self.spec.variants}
+        fp32 = accuracy(pred["fp32"], evaluation.labels, pred["fp32"])
+        mixed = []
+        for v in self.spec.variants:
+            if v.precision != "int8":
+                continue
+            r = accuracy(pred[v.name], evaluation.labels, pred["fp32"])
+            drop = 100 * (fp32["top1"] - r["top1"])
+            if self.spec.budget.excess(drop, r["agreement"]) > 0:
+                log(f"{v.name}: {drop:.2f} points below FP32, {100 * r['agreement']:.1f}% agreement: over budget")
+                m = self.fallback(v, evaluation, fp32["top1"], pred["fp32"][:, 0])
+                if m is not None:
+                    mixed.append(m)
+        return mixed
+
+    def fallback(self, v: Variant, evaluation: calibration.ImageSet, base_top1: float,
+                 base_pred: np.ndarray) -> Variant | None:
+        """Rank v's layer groups by INT8 sensitivity, then keep the fewest most sensitive out of INT8 within
+        the budget; returns VARIANT-mixed, or None when no mix within the limit meets it."""
+        from compress import sensitivity
+
+        s, q, parent = self.spec, self.spec.quantize, v.parent or "fp32"
+        used = set(self.calib.names)
+        if any(rel not in used for rel, _ in calibration.list_images(s.calib)):
+            subset = self.images(s.calib, q.sensitivity_images, "sensitivity", exclude=used)
+            log(f"{v.name}: ranking layers on {len(subset)} calibration-folder images not used for calibration")
+        else:
+            subset = evaluation.head(q.sensitivity_images)
+            self.warn(f"{v.name}: every calibration image was used for calibration; ranking layers on "
+                      f"{len(subset)} evaluation images (lower --calib-limit to keep them apart)")
+        sens = self.run_dir.sensitivity(v.name)
+        key = {"qdq": self.digest(v.name), "fp32": self.digest(parent), "images": subset.key}
+
+        def analyse(d: Path) -> dict:
+            write_json(d / sens.name, sensitivity.analyse(self.run_dir.onnx(v.name), self.run_dir.onnx(parent),
+                                                          subset, self.pre))
+            return {}
+
+        stage(sens.parent, key, [sens.name], analyse)
+        ranking = [e.get("layers", [e["layer"]]) for e in read_json(sens)["layers"]]
+        mixed = parse_variant(f"{v.name}-mixed")
+
+        def build(d: Path) -> dict:
+            facts = sensitivity.fallback(self.run_dir.onnx(v.name), self.run_dir.onnx(parent), d, ranking,
+                                         evaluation, self.pre, base_top1, base_pred, s.budget,
+                                         q.max_fallback_layers, mixed.name, log)
+            write_json(d / "search.json", facts)
+            facts["ranked_on"] = len(subset)
+            facts["sensitivity"] = str(sens.relative_to(self.run_dir.root))
+            return {"fallback": facts}
+
+        key = {"qdq": key["qdq"], "ranking": ranking, "budget": s.budget.__dict__, "max": q.max_fallback_layers,
+               "images": evaluation.key, "compress": __version__}
+        record, reused = stage(self.run_dir.variant_dir(mixed.name), key, ["search.json"], build)
+        if record["fallback"]["kept"] is None:
+            from compress.report import tried_text
+
+            self.warn(f"{v.name}: no mix of up to {q.max_fallback_layers} most sensitive layer groups kept out of "
+                      f"INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")
+            return None
+        record["sha256"]["model.onnx"] = sha256_file(self.run_dir.onnx(mixed.name))
+        record["variant"], record["parent"] = mixed.name, mixed.parent
+        self.records[mixed.name] = record
+        kept = len(record["fallback"]["kept"])
+        log(f"{mixed.name}: {kept} layer(s) kept out of INT8" + (" (reused)" if reused else ""))
+        return mixed
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log("warning: " + message)
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self) -> dict:
         from compress import measure, report
 
         s = self.spec
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.root / "recipe.json", s.to_dict())
-        evaluation = self.images(s.data, s.eval_limit, "evaluation")
-        warnings = self.warnings
-        if any(v.precision != "fp32" for v in s.variants):
+        self.run_dir.create()
+        evaluation = self.images(s.data, s.measure.eval_limit, "evaluation")
+        if any(v.precision != "fp32" or v.prune for v in s.variants):
             same = calibration.overlap(evaluation, self.calib)
             if same:
-                warnings.append(f"{len(same)} evaluation image(s) are also calibration images "
-                                f"(same content), e.g. {same[0]}: accuracy is optimistic")
-                log("warning: " + warnings[-1])
+                self.warn(f"{len(same)} evaluation image(s) are also calibration images (same content), "
+                          f"e.g. {same[0]}: accuracy is optimistic")
+        write_json(self.run_dir.recipe, s.to_dict())  # inputs validated: this run's options are now its record
         sample = self.pre.normalize(evaluation.pixels[:8])
-        for v in s.variants:
-            self.make(v, sample)
-        results = [self.measure(v, evaluation) for v in s.variants]
-        base = next(r for r in results if r["variant"] == "fp32")
-        for r in results:
-            r.update(measure.accuracy(r["pred5"], evaluation.labels, base["pred5"]))
-        if s.fallback:
-            report.derive(results)  # deltas against FP32, as the budget check at the end computes them
-            for v, r in list(zip(s.variants, results)):
-                if v.precision == "int8" and report.over(r, s.max_top1_drop, s.min_agreement):
-                    log(f"{v.name}: {-r['top1_delta']:.2f} points below FP32, {100 * r['agreement']:.1f}% "
-                        "agreement: over budget")
-                    mixed = self.fallback(v, evaluation, base)
-                    if mixed is not None:
-                        row = self.measure(mixed, evaluation)
-                        row.update(measure.accuracy(row["pred5"], evaluation.labels, base["pred5"]))
-                        row["fallback"] = self.records[mixed.name]["fallback"]
-                        results.append(row)
-        for r in results:
-            del r["pred5"]
-        data = report.assemble(results, measure.environment(), s, evaluation, warnings, not_measured())
-        report.write(self.root, data)
+        for v in s.variants:  # parents come first (parse_variants orders them)
+            if v.name == "fp32":
+                self.export(sample)
+            elif v.precision == "fp32":
+                self.prune(v, sample)
+            else:
+                self.quantize(v)
+        variants = list(s.variants)
+        if s.quantize.fallback:
+            variants += self.fallbacks(evaluation)
+        rows, preds = self.measure(variants, evaluation)
+        base = preds[("fp32", BASELINE)]
+        rows = [_with_accuracy(r, measure.accuracy(preds[(r.variant, r.backend)], evaluation.labels, base))
+                for r in rows]
+        data = report.assemble(rows, measure.environment(), s, evaluation, self.warnings,
+                               not_measured(s.measure.backends))
+        report.write(self.run_dir.root, data)
         return data
 
 
-def not_measured() -> list[dict]:
-    """Backends this machine cannot measure, with the reason: the report says so instead of staying silent."""
-    from compress import doctor
+def _with_accuracy(r: Result, figures: dict) -> Result:
+    import dataclasses
 
-    wanted = {"tensorrt": ["fp32", "fp16", "int8"], "torch-cuda": ["fp32", "tf32", "fp16"]}
-    return [{"backend": b["name"], "precisions": wanted[b["name"]], "reason": b["reason"]}
-            for b in doctor.backends() if b["name"] in wanted and not b["usable"]]
+    return dataclasses.replace(r, **figures)
 
 
-def _top5(logits: np.ndarray) -> np.ndarray:
-    from compress.measure import top5
+def not_measured(wanted: tuple[str, ...] | None = None) -> list[dict]:
+    """Every registered backend `compress run` did not measure, with the reason: the report names each."""
+    from compress import backends
 
-    return top5(logits).astype(np.int32)
-
-
-def check_fp32_onnx(path: str) -> None:
-    """An ONNX given as the model must be a float model (quantizing a quantized file makes no sense)."""
-    onnx = require("onnx")
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a non-ONNX file
-        raise UserError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    ops = {n.op_type for n in proto.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}:
-        raise UserError(f"{path} is already quantized", "pass the FP32 ONNX (or the torch checkpoint)")
-    elem = proto.graph.input[0].type.tensor_type.elem_type
-    if elem != onnx.TensorProto.FLOAT:
-        raise UserError(f"{path}: the input is not float32", "pass an FP32 ONNX model")
+    out = []
+    for b in backends.all_backends():
+        reason = b.unavailable()
+        if reason is None and b.stage == "run" and wanted and b.name not in wanted:
+            reason = "left out by --backends"
+        if b.stage == "build" and reason is None:
+            reason = "engines are built and measured by 'compress build RUN_DIR' on the GPU that runs them"
+        if reason:
+            out.append({"backend": b.name, "reason": reason})
+    return out

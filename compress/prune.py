@@ -163,12 +163,14 @@ def distill(student, teacher, images, preprocess, epochs: int, lr: float = 1e-4,
             "labels": labels, "device": device}
 
 
-def save(model, path: str | Path, arch: str, num_classes: int, facts: dict | None = None) -> None:
+def save(model, path: str | Path, arch: str, facts: dict | None = None) -> None:
     """Channel shapes and a state_dict: reloadable with weights_only=True, without Torch-Pruning."""
     torch = require("torch")
+    from compress.model import num_classes_of
     from compress.store import atomic_path
 
     sd = model.state_dict()
+    num_classes = num_classes_of(sd)
     record = {"format": "compress.pruned/1", "arch": arch, "num_classes": num_classes,
               "shapes": {k: list(v.shape) for k, v in sd.items()}, "state_dict": sd, "facts": facts or {}}
     with atomic_path(path) as tmp:

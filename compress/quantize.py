@@ -21,10 +21,13 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from compress.errors import UserError, require
+from compress.graph import behind_qdq, drop_dead
 
 METHODS = ("minmax", "entropy", "percentile")
 RESIDUAL_ADDS = ("fused", "both")  # Q/DQ placement on residual Adds for TensorRT; the first is the default
@@ -51,8 +54,14 @@ FORMATS = {
 def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str], images, preprocess,
              fmt: str = "int8", method: str = "percentile", percentile: float = 99.999,
              nodes_to_exclude: list[str] | None = None, options: dict | None = None,
-             residual_adds: str = RESIDUAL_ADDS[0], bias_correction: int = BIAS_CORRECTION_IMAGES) -> dict:
+             residual_adds: str = RESIDUAL_ADDS[0], bias_correction: int = BIAS_CORRECTION_IMAGES,
+             statistics=None) -> dict:
     """Calibrate on `images` and write the quantized model atomically. Returns what was done, for the record.
+
+    `statistics`: activation statistics of the FP32 model on `images` (`calibration.ranges.collect`), shared by
+    the formats of one run; with them, minmax and percentile ranges are computed without another pass (the
+    quantizer reads them as a calibration cache). Without them (or for entropy, or study options), onnxruntime
+    calibrates on its own.
 
     `bias_correction`: how many of the calibration images measure the bias correction of the TensorRT format
     (0: none); see `correct_biases`.
@@ -80,10 +89,24 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     if spec.inputs_only:
         extra["OpTypesToExcludeOutputQuantization"] = list(spec.op_types or ())
         extra["ForceQuantizeNoInputCheck"] = True
-    reader = CalibrationReader(images, preprocess, INPUT, batch_size=8)
-    # Collect statistics a few batches at a time: histograms are merged, activations are not all kept.
-    extra["CalibStridedMinMax"] = next(s for s in range(min(8, len(reader)), 0, -1) if len(reader) % s == 0)
     started = time.perf_counter()
+    shared = statistics is not None and method in ("minmax", "percentile") and not options
+    cache_dir = tempfile.TemporaryDirectory(prefix="compress-ranges-")
+    cache = None
+    if shared:
+        from calibration.ranges import tensors_to_calibrate
+
+        onnx = require("onnx")
+        tensors = sorted(tensors_to_calibrate(onnx.load(str(fp32_onnx)), spec.op_types))
+        cache = Path(cache_dir.name) / "ranges.json"
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        save_tensors_data(statistics.ranges(method, spec.symmetric_activations, tensors, percentile), cache)
+        reader = None
+    else:
+        reader = CalibrationReader(images, preprocess, INPUT, batch_size=1)
+        # One image per collection call: onnxruntime keeps every activation of a call until it is histogrammed.
+        extra["CalibStridedMinMax"] = 1
     root_logger, level = logging.getLogger(), logging.getLogger().level
     root_logger.setLevel(logging.ERROR)  # the quantizer logs pre-processing advice we do not need
     try:
@@ -99,6 +122,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
                     per_channel=True,
                     nodes_to_exclude=nodes_to_exclude or [],
                     extra_options=extra,
+                    calibration_cache_path=cache,
                 )
             onnx = require("onnx")
             proto = onnx.load(str(tmp))
@@ -118,11 +142,14 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
                     raise RuntimeError("Q/DQ graph not fit for TensorRT: " + "; ".join(problems[:5]))
             onnx.save(proto, str(tmp))
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
+        cache_dir.cleanup()
         root_logger.setLevel(level)
     return {"format": fmt, "target": spec.target, "method": method, "images": len(images),
             "percentile": percentile if method == "percentile" else None,
             "calibration_seconds": round(time.perf_counter() - started, 2),
+            "shared_statistics": shared,
             "excluded_nodes": list(nodes_to_exclude or []), "options": options or {},
             "residual_adds": residual_adds if spec.target == "tensorrt" else None,
             "bias_correction": corrected,
@@ -184,9 +211,6 @@ def correct_biases(proto, fp32_proto, images, preprocess, batch_size: int = 8) -
     layer; correcting it is free at run time (TensorRT keeps biases in float) and it is what NNCF applies to CNNs
     by default (FastBiasCorrection). On the reference ResNet-50 it lowered the KL to FP32 by 15-19%.
     """
-    import tempfile
-    from pathlib import Path
-
     import numpy as np
     from onnx import helper, numpy_helper
     from tqdm import tqdm
@@ -241,31 +265,6 @@ def correct_biases(proto, fp32_proto, images, preprocess, batch_size: int = 8) -
         bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + shift.astype(np.float32), bias.name))
         shifts.append(float(np.abs(shift).mean()))
     return {"layers": len(layers), "images": len(images), "mean_abs_shift": round(float(np.mean(shifts)), 6)}
-
-
-def behind_qdq(producer: dict, tensor: str) -> str | None:
-    """The float tensor that a QuantizeLinear -> DequantizeLinear pair turns into `tensor`, or None if `tensor`
-    is not the output of such a pair. `producer` maps tensor names to the nodes that write them."""
-    dq = producer.get(tensor)
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return None
-    q = producer.get(dq.input[0])
-    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
-
-
-def drop_dead(graph) -> None:
-    """Remove nodes whose outputs nobody reads, then initializers nobody reads."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
 
 
 def tensorrt_problems(proto) -> list[str]:

@@ -1,72 +1,89 @@
-"""What a run is asked to do: frozen records, resolved once from the CLI and saved with the run."""
+"""What a run is asked to do: one small frozen spec per concern, each validated once where it is made, and the
+run spec that holds them. The CLI builds each spec from its own argument group (`from_args`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 from dataclasses import dataclass, field
 
 from calibration.images import Preprocess
 from compress.errors import UserError
-from compress.quantize import FORMATS, METHODS
+from compress.prune import IMPORTANCES
+from compress.quantize import METHODS
+from compress.rundir import Variant, parse_variants
+from compress.sensitivity import Budget
 
-PRECISIONS = ("fp32", *FORMATS)  # fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU)
-_VARIANT = re.compile(r"^(?:(?P<prune>p\d{1,2}|s24)(?:-|$))?(?P<precision>fp32|int8-cpu|int8)?$")
+
+def _finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One deployable model: an optional pruning step, then a precision. `p30-int8` = 30% pruned, then INT8."""
+class QuantizeSpec:
+    calib_limit: int = 512
+    calibration: str = "percentile"
+    bias_correction: int = 256  # calibration images that measure the INT8 bias correction; 0: none
+    fallback: bool = False  # accuracy-aware INT8: VARIANT-mixed when VARIANT is over budget
+    sensitivity_images: int = 100
+    max_fallback_layers: int = 16  # in groups of layers that share a quantized input
 
-    name: str
-    prune: str | None
-    precision: str
-
-    @property
-    def parent(self) -> str | None:
-        """The variant this one is made from (its lineage): int8 <- fp32, p30-int8 <- p30 <- fp32."""
-        if self.precision != "fp32":
-            return self.prune or "fp32"
-        return "fp32" if self.prune else None
-
-    @property
-    def prune_ratio(self) -> float | None:
-        return int(self.prune[1:]) / 100 if self.prune and self.prune.startswith("p") else None
+    def __post_init__(self) -> None:
+        if self.calibration not in METHODS:
+            raise UserError(f"unknown calibration method {self.calibration!r}", f"choose one of: {', '.join(METHODS)}")
+        if self.calib_limit < 1:
+            raise UserError(f"--calib-limit must be a positive number of images, got {self.calib_limit}")
 
 
-def parse_variant(name: str) -> Variant:
-    m = _VARIANT.match(name.strip())
-    if not name.strip() or not m:
-        raise UserError(f"unknown variant {name!r}",
-                        "variants are fp32, int8, int8-cpu, pNN (NN% channels pruned), s24 (2:4 sparse), "
-                        "and pruned+quantized such as p30-int8")
-    prune, precision = m["prune"], m["precision"] or "fp32"
-    if prune and prune.startswith("p") and not 0 < int(prune[1:]) < 100:
-        raise UserError(f"variant {name!r}: the pruning ratio must be 1..99 percent")
-    return Variant(name.strip(), prune, precision)
+@dataclass(frozen=True)
+class PruneSpec:
+    importance: str = "l1"
+    round_to: int = 8
+    global_pruning: bool = False
+    bn_recalibration: bool = True
+    finetune_images: str | None = None
+    finetune_epochs: int = 0
+    finetune_labels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise UserError(f"unknown importance {self.importance!r}", f"choose from {', '.join(IMPORTANCES)}")
+        if self.finetune_epochs < 0 or self.finetune_epochs > 1000:
+            raise UserError(f"--finetune-epochs must be 0..1000, got {self.finetune_epochs}")
+        if self.finetune_epochs and not self.finetune_images:
+            raise UserError("--finetune-epochs needs --finetune-images DIR", "a folder of (unlabelled) images")
 
 
-def parse_variants(text: str, prune_ratios: str | None = None) -> tuple[Variant, ...]:
-    """Parse a comma list, adding each variant's parents (a report always has its FP32 baseline). A sweep of
-    pruning ratios adds pNN for each ratio, and pNN-int8 (pNN-int8-cpu) when int8 (int8-cpu) is asked for."""
-    wanted = [parse_variant(v) for v in text.split(",") if v.strip()]
-    for ratio in (prune_ratios or "").split(","):
-        if not ratio.strip():
-            continue
-        try:
-            pct = round(float(ratio) * 100)
-        except ValueError:
-            raise UserError(f"--prune-ratios: {ratio!r} is not a number", "e.g. --prune-ratios 0.2,0.3,0.5") from None
-        base = parse_variant(f"p{pct}")
-        wanted.append(base)
-        wanted += [parse_variant(f"{base.name}-{v.precision}") for v in wanted
-                   if v.prune is None and v.precision != "fp32"]
-    out: dict[str, Variant] = {"fp32": parse_variant("fp32")}
-    for v in wanted:
-        if v.parent and v.parent not in out:
-            out[v.parent] = parse_variant(v.parent)
-        out[v.name] = v
-    return tuple(out.values())
+@dataclass(frozen=True)
+class MeasureSpec:
+    latency_runs: int = 100  # timed batch-1 runs per variant, split across the rounds
+    rounds: int = 5  # interleaved rounds: each runs every variant once, in a fresh process
+    throughput_batch: int = 32
+    threads: int | None = None
+    eval_limit: int | None = None
+    backends: tuple[str, ...] | None = None  # None: every usable backend `compress run` measures
+
+    def __post_init__(self) -> None:
+        from compress.backends import REGISTRY
+
+        unknown = [b for b in self.backends or () if b not in REGISTRY]
+        if unknown or self.backends == ():
+            raise UserError(f"unknown backend(s) {', '.join(unknown) or 'none given'}",
+                            f"choose from {', '.join(REGISTRY)}; 'compress doctor' says which work here")
+        if self.backends is not None and "onnxruntime-cpu" not in self.backends:
+            raise UserError("--backends must include onnxruntime-cpu",
+                            "it measures every variant and holds the FP32 predictions agreement is counted against")
+        if not 1 <= self.latency_runs <= 100_000:
+            raise UserError(f"--latency-runs must be 1..100000, got {self.latency_runs}")
+        if not 1 <= self.rounds <= 100:
+            raise UserError(f"--rounds must be 1..100, got {self.rounds}")
+        if not 1 <= self.throughput_batch <= 1024:
+            raise UserError(f"--throughput-batch must be 1..1024, got {self.throughput_batch}")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise UserError(f"--threads must be 1..1024, got {self.threads}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise UserError(f"--eval-limit must be a positive number of images, got {self.eval_limit}")
 
 
 @dataclass(frozen=True)
@@ -77,35 +94,22 @@ class RunSpec:
     arch: str | None = None
     calib: str | None = None
     variants: tuple[Variant, ...] = field(default_factory=lambda: parse_variants("fp32,int8"))
-    eval_limit: int | None = None
-    calib_limit: int = 512
-    calibration: str = "percentile"
-    bias_correction: int = 256  # calibration images that measure the INT8 bias correction; 0: none
-    max_top1_drop: float | None = None
     preprocess: Preprocess = Preprocess()
-    latency_runs: int = 100
-    throughput_batch: int = 32
-    threads: int | None = None
-    # pruning and its recovery
-    importance: str = "l1"
-    round_to: int = 8
-    global_pruning: bool = False
-    bn_recalibration: bool = True
-    finetune_images: str | None = None
-    finetune_epochs: int = 0
-    finetune_labels: bool = False
-    # accuracy-aware INT8
-    fallback: bool = False
-    min_agreement: float | None = None  # fraction of images whose top-1 must equal FP32's
-    sensitivity_images: int = 100
-    max_fallback_layers: int = 16
+    quantize: QuantizeSpec = QuantizeSpec()
+    prune: PruneSpec = PruneSpec()
+    measure: MeasureSpec = MeasureSpec()
+    budget: Budget = Budget()
 
     def __post_init__(self) -> None:
-        if self.calibration not in METHODS:
-            raise UserError(f"unknown calibration method {self.calibration!r}", f"choose one of: {', '.join(METHODS)}")
-        for name, value in (("--eval-limit", self.eval_limit), ("--calib-limit", self.calib_limit)):
-            if value is not None and value < 1:
-                raise UserError(f"{name} must be a positive number of images, got {value}")
+        b = self.budget
+        _finite("--max-top1-drop", b.max_top1_drop)
+        _finite("--min-agreement", b.min_agreement)
+        if b.max_top1_drop is not None and not 0 <= b.max_top1_drop <= 100:
+            raise UserError(f"--max-top1-drop is in top-1 points, 0..100, got {b.max_top1_drop}")
+        if b.min_agreement is not None and not 0 < b.min_agreement <= 1:
+            raise UserError(f"--min-agreement is a fraction in (0, 1], got {b.min_agreement}")
+        if self.quantize.fallback and not b:
+            raise UserError("--fallback needs an accuracy budget", "add --max-top1-drop POINTS or --min-agreement")
         if not self.is_onnx_model:
             from compress.model import ARCHS
 
@@ -113,19 +117,8 @@ class RunSpec:
                 raise UserError("a torch checkpoint needs --arch", f"one of: {', '.join(ARCHS)}")
             if self.arch not in ARCHS:
                 raise UserError(f"unknown architecture {self.arch!r}", f"choose one of: {', '.join(ARCHS)}")
-        if any(v.prune for v in self.variants):
-            if self.is_onnx_model:
-                raise UserError("pruning needs the torch model", "pass --model CHECKPOINT.pth with --arch")
-            if self.importance not in ("l1", "l2", "taylor"):
-                raise UserError(f"unknown importance {self.importance!r}", "choose from l1, l2, taylor")
-        if self.fallback and self.max_top1_drop is None and self.min_agreement is None:
-            raise UserError("--fallback needs an accuracy budget", "add --max-top1-drop POINTS or --min-agreement")
-        if self.min_agreement is not None and not 0 < self.min_agreement <= 1:
-            raise UserError(f"--min-agreement is a fraction in (0, 1], got {self.min_agreement}")
-        if self.finetune_epochs and not self.finetune_images:
-            raise UserError("--finetune-epochs needs --finetune-images DIR", "a folder of (unlabelled) images")
-        if self.max_top1_drop is not None and self.max_top1_drop < 0:
-            raise UserError(f"--max-top1-drop is in top-1 points and must be >= 0, got {self.max_top1_drop}")
+        if any(v.prune for v in self.variants) and self.is_onnx_model:
+            raise UserError("pruning needs the torch model", "pass --model CHECKPOINT.pth with --arch")
 
     @property
     def is_onnx_model(self) -> bool:
@@ -135,3 +128,9 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d["variants"] = [v.name for v in self.variants]
         return d
+
+
+def from_args(cls, args) -> object:
+    """A spec from the CLI's parsed arguments: every field of `cls` that the arguments carry."""
+    values = vars(args)
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})

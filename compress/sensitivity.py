@@ -20,12 +20,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from compress.errors import require
-from compress.quantize import behind_qdq, drop_dead
+from compress.graph import behind_qdq, drop_dead
 
 
 def layers(proto) -> list[str]:
@@ -150,3 +151,76 @@ def search(ranking: list, drop_of: Callable[[list], float], budget: float, max_l
         else:
             low = mid
     return {"kept": ranking[:high], "drop": tried[high], "tried": tried}
+
+
+TOLERANCE = 1e-9  # accuracies are image counts over N: a drop equal to the budget must not fail by rounding
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much accuracy a variant may give up against FP32 on the same images: top-1 points and/or agreement
+    (the share of images whose top-1 equals FP32's). Empty: no budget."""
+
+    max_top1_drop: float | None = None
+    min_agreement: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.max_top1_drop is not None or self.min_agreement is not None
+
+    def excess(self, top1_drop: float, agreement: float) -> float:
+        """How far over budget, in points of top-1 or of agreement (<= 0: within; exactly on it is within)."""
+        over = max(top1_drop - self.max_top1_drop if self.max_top1_drop is not None else -np.inf,
+                   100 * (self.min_agreement - agreement) if self.min_agreement is not None else -np.inf)
+        return 0.0 if abs(over) < TOLERANCE * 100 else float(over)
+
+    def over(self, r: dict) -> bool:
+        """Whether a result row (with its `top1_delta` against FP32) breaks the budget."""
+        if r.get("top1_delta") is None or not self:
+            return False
+        return self.excess(-r["top1_delta"], r["agreement"]) > 0
+
+    def text(self) -> str:
+        parts = []
+        if self.max_top1_drop is not None:
+            parts.append(f"top-1 at most {self.max_top1_drop} points below FP32")
+        if self.min_agreement is not None:
+            parts.append(f"agreement at least {100 * self.min_agreement:.1f}%")
+        return ", ".join(parts)
+
+
+def fallback(qdq_path: Path, fp32_path: Path, out_dir: Path, ranking: list[list[str]], evaluation, preprocess,
+             base_top1: float, base_pred: np.ndarray, budget: Budget, max_groups: int, name: str, log) -> dict:
+    """Keep the fewest most sensitive groups (`ranking`) out of INT8 until `budget` holds on the evaluation
+    images; writes `out_dir/model.onnx` when a mix is found. Returns the facts for the stage record."""
+    from compress import export
+    from compress.backends import onnxruntime as ort
+    from compress.store import atomic_path
+
+    onnx = require("onnx")
+    qdq, fp32 = onnx.load(str(qdq_path)), onnx.load(str(fp32_path))
+    measured: dict[int, dict] = {}
+    candidate = out_dir / "candidate.onnx"
+
+    def excess(chosen: list[list[str]]) -> float:
+        kept = [layer for group in chosen for layer in group]
+        with atomic_path(candidate) as tmp:
+            onnx.save(keep_float(qdq, fp32, kept), str(tmp))
+        top1 = ort.logits(candidate, evaluation, preprocess, as_written=True,
+                          desc=f"{len(kept)} layer(s) out of INT8").argmax(1)
+        drop = (base_top1 - float((top1 == evaluation.labels).mean())) * 100
+        agree = float((top1 == base_pred).mean())
+        log(f"{name}: {len(kept)} layer(s) out of INT8: {drop:.2f} points below FP32, {100 * agree:.1f}% agreement")
+        measured[len(kept)] = {"top1_drop": round(drop, 2), "agreement": agree}
+        return budget.excess(drop, agree)
+
+    result = search(ranking, excess, 0.0, max_groups)
+    candidate.unlink(missing_ok=True)
+    kept = None
+    if result["kept"] is not None:
+        kept = [layer for group in result["kept"] for layer in group]
+        proto = keep_float(qdq, fp32, kept)
+        export.set_metadata(proto, {"compress.variant": name, "compress.fallback": ",".join(kept)})
+        with atomic_path(out_dir / "model.onnx") as tmp:
+            onnx.save(proto, str(tmp))
+    return {"kept": kept, "groups": result["kept"], "excess": result["drop"], "tried": measured,
+            "budget": {"max_top1_drop": budget.max_top1_drop, "min_agreement": budget.min_agreement}}

@@ -14,6 +14,42 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REFERENCE_MODEL = Path(os.path.expanduser(os.environ.get("COMPRESS_REFERENCE_CACHE", "~/.cache/compress-reference"))
                        ) / "resnet50-v1-imagenet.pth"
 CLASSES = 4
+# A tiny run measures on onnxruntime only, in two short rounds: the torch backends are tested on their own.
+FAST = ["--crop", "32", "--resize", "36", "--latency-runs", "6", "--rounds", "2", "--throughput-batch", "4",
+        "--backends", "onnxruntime-cpu"]
+
+
+def has_tensorrt() -> bool:
+    try:
+        import tensorrt
+    except ImportError:
+        return False
+    return hasattr(tensorrt, "Builder")
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Capability markers: a `tensorrt` or `gpu` test runs where that capability is, and says so where not."""
+    for item in items:
+        if item.get_closest_marker("tensorrt") and not has_tensorrt():
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (not installed here)"))
+        if item.get_closest_marker("gpu") and not has_gpu():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU visible to torch"))
+        if item.get_closest_marker("no_tensorrt") and has_tensorrt():
+            item.add_marker(pytest.mark.skip(reason="checks the message given where TensorRT is absent"))
+
+
+def tiny_run(checkpoint, data_dirs: dict, out, *extra: str, variants: str = "int8,int8-cpu") -> list[str]:
+    """The arguments of `compress run` on the tiny model and generated images."""
+    return ["run", "--model", str(checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
+            "--calib", str(data_dirs["calib"]), "--out", str(out), "--variants", variants, *FAST, *extra]
 TINY = Preprocess(resize=36, crop=32)  # the tiny model's input: 32x32 crops of 40x40 images
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STUBS_VERSION = "10.13.0.35.1"
 CACHE = ROOT / ".stubs"
-TARGETS = [ROOT / "compress" / "backends" / "tensorrt.py", ROOT / "compress" / "backends" / "cuda.py"]
+TARGETS = [ROOT / "compress" / "backends" / "tensorrt.py", ROOT / "compress" / "backends" / "_cuda.py"]
 CONFIG = """[mypy]
 python_version = 3.11
 warn_unused_ignores = False

@@ -9,9 +9,10 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
 
-from compress.cli import main  # noqa: E402
+from conftest import FAST, tiny_run  # noqa: E402
 
-FAST = ["--crop", "32", "--resize", "36", "--latency-runs", "5", "--throughput-batch", "4"]
+from compress.cli import main  # noqa: E402
+from compress.sensitivity import Budget  # noqa: E402
 
 
 def run(capsys, *args):
@@ -22,8 +23,7 @@ def run(capsys, *args):
 @pytest.fixture(scope="module")
 def first_run(tiny_checkpoint, data_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r"
-    args = ["--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
-            "--calib", str(data_dirs["calib"]), "--out", str(out), "--variants", "int8,int8-cpu"]
+    args = tiny_run(tiny_checkpoint, data_dirs, out)[1:-len(FAST)]
     code = main(["run", *args, *FAST])
     return out, args, code
 
@@ -60,9 +60,9 @@ def test_report_files(first_run):
     md = (out / "report.md").read_text()
     assert "| fp32 |" in md and "| int8-cpu |" in md and "not on its target runtime (tensorrt)" in md
     csv_lines = (out / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 4 and csv_lines[0].startswith("variant,engine,backend,precision")
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("variant,backend,precision,target")
     html = (out / "report.html").read_text()
-    assert "<table>" in html and "accuracy_latency.png" in html and "memory.png" in html
+    assert "<table class='summary'>" in html and "accuracy_latency.png" in html and "memory.png" in html
     for png in ("accuracy_latency.png", "memory.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +74,8 @@ def test_second_run_reuses_every_stage(first_run, capsys):
     assert code == 0
     for name in ("fp32", "int8", "int8-cpu"):
         assert f"{name}: reused (inputs unchanged)" in cap.err
-        assert f"{name}: measurement reused" in cap.err
+        assert f"{name}: accuracy on onnxruntime-cpu reused" in cap.err
+    assert "latency on onnxruntime-cpu: reused" in cap.err
     after = json.loads((out / "report.json").read_text())
     assert [r["top1"] for r in after["results"]] == [r["top1"] for r in before["results"]]
 
@@ -86,9 +87,9 @@ def test_damaged_or_unfinished_stages_are_redone(first_run, capsys):
     code, cap = run(capsys, *args)
     assert code == 0
     assert "fp32: reused" in cap.err and "int8-cpu: reused" in cap.err
-    assert "int8: built" in cap.err and "int8-cpu: measured" in cap.err
-    # quantization is deterministic: the rebuilt file is the same bytes, so its measurement still stands
-    assert "int8: measurement reused" in cap.err
+    assert "int8: built" in cap.err and "int8-cpu: accuracy on onnxruntime-cpu measured" in cap.err
+    # quantization is deterministic: the rebuilt file is the same bytes, so its measurements still stand
+    assert "int8: accuracy on onnxruntime-cpu reused" in cap.err and "latency on onnxruntime-cpu: reused" in cap.err
     assert not list(out.rglob("*.part"))
 
 
@@ -134,17 +135,17 @@ def test_pareto_and_budget_logic():
     for r in data["results"]:
         r["agreement"] = 0.99
     data["results"][2]["agreement"] = 0.9
-    assert over_budget(data, 0.5) == [("b", 1.2, 0.99)]
-    assert np.isclose(over_budget(data, 0.0)[0][1], 0.3)
-    assert [name for name, _, _ in over_budget(data, 0.5, min_agreement=0.95)] == ["b", "c"]
-    assert [name for name, _, _ in over_budget(data, None, min_agreement=0.95)] == ["c"]
+    assert over_budget(data, Budget(0.5)) == [("b", 1.2, 0.99)]
+    assert np.isclose(over_budget(data, Budget(0.0))[0][1], 0.3)
+    assert [name for name, _, _ in over_budget(data, Budget(0.5, min_agreement=0.95))] == ["b", "c"]
+    assert [name for name, _, _ in over_budget(data, Budget(None, min_agreement=0.95))] == ["c"]
     data["results"].append({"variant": "b-mixed", "top1_delta": -0.2, "agreement": 0.99})
     for r in data["results"]:
         r["backend"] = "cpu"
-    assert over_budget(data, 0.5) == []  # b's mixed sibling is within budget
+    assert over_budget(data, Budget(0.5)) == []  # b's mixed sibling is within budget
     on_budget = {"variant": "d", "backend": "cpu", "top1_delta": 100 * (0.798 - 0.800), "agreement": 0.985}
     assert -on_budget["top1_delta"] > 0.2  # float arithmetic puts it a hair over
-    assert over_budget({"results": [on_budget]}, 0.2, min_agreement=0.985) == []  # exactly on budget is within
+    assert over_budget({"results": [on_budget]}, Budget(0.2, 0.985)) == []  # exactly on budget is within
 
 
 def test_rows_from_another_device_merge_into_the_report(first_run, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 onnx = pytest.importorskip("onnx")
-from conftest import TINY, images  # noqa: E402
+from conftest import TINY, images, tiny_run  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from compress import export, prune  # noqa: E402
@@ -50,7 +50,7 @@ def test_pruned_model_reloads_safely_and_exports_with_parity(tiny_model, tmp_pat
     net = copy.deepcopy(tiny_model)
     prune.channels(net, 0.3, 32)
     path = tmp_path / "p30.pt"
-    prune.save(net, path, "test-resnet", 4)
+    prune.save(net, path, "test-resnet")
     record = torch.load(path, weights_only=True)  # plain tensors, lists and dicts only
     assert record["shapes"]["layer1.0.conv1.weight"] == list(net.layer1[0].conv1.weight.shape)
     again = prune.load(path)
@@ -94,9 +94,7 @@ def test_24_masks(tiny_model):
 
 def test_24_survives_export_and_qdq(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
-                 "--calib", str(data_dirs["calib"]), "--out", str(out), "--variants", "int8,s24-int8", "--crop", "32",
-                 "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2", "--prune-ratios", "0.5"]) == 0
+    assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--prune-ratios", "0.5", variants="int8,s24-int8")) == 0
     capsys.readouterr()
 
     def conv_weights(path):
@@ -128,9 +126,7 @@ def test_24_survives_export_and_qdq(tiny_checkpoint, data_dirs, tmp_path, capsys
 
 def test_without_bn_recalibration_the_report_says_so(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--model", str(tiny_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
-                 "--calib", str(data_dirs["calib"]), "--out", str(out), "--variants", "p30", "--crop", "32",
-                 "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2", "--no-bn-recalibration"]) == 0
+    assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--no-bn-recalibration", variants="p30")) == 0
     capsys.readouterr()
     rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
     assert rows["p30"]["recovery"] == ["none"]

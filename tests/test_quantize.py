@@ -168,5 +168,5 @@ def test_bias_correction_changes_only_float_biases_and_moves_int8_toward_fp32(ou
     reference = ort.logits(tiny_onnx, evaluation, TINY, as_written=False)
     logits = {p: ort.logits(p, evaluation, TINY, as_written=True) for p in (plain, corrected)}
     mean_error = {p: np.abs((x - reference).mean(axis=0)).mean() for p, x in logits.items()}
-    assert mean_error[corrected] < 0.8 * mean_error[plain]
+    assert mean_error[corrected] < 0.9 * mean_error[plain]
     assert compare(logits[corrected], reference)["kl"] < compare(logits[plain], reference)["kl"]

@@ -6,7 +6,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
-from conftest import TINY, images  # noqa: E402
+from conftest import FAST, TINY, images  # noqa: E402
 
 from compress import sensitivity  # noqa: E402
 from compress.backends import onnxruntime as ort  # noqa: E402
@@ -133,7 +133,7 @@ def test_run_with_fallback_meets_the_budget(outlier_checkpoint, data_dirs, tmp_p
     out = tmp_path / "run"
     args = ["run", "--model", str(outlier_checkpoint), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
             "--calib", str(data_dirs["calib"]), "--calib-limit", "48", "--out", str(out), "--variants", "int8",
-            "--crop", "32", "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2",
+            *FAST,
             *budget, "--fallback", "--sensitivity-images", "16"]
     assert main(args) == 0  # pure int8 is over budget, int8-mixed within it
     err = capsys.readouterr().err
@@ -172,7 +172,7 @@ def test_fallback_that_cannot_meet_the_budget_says_so(tiny_checkpoint, data_dirs
     out = tmp_path / "run"
     code = main(["run", "--model", str(two_bad), "--arch", "test-resnet", "--data", str(data_dirs["eval"]),
                  "--calib", str(data_dirs["calib"]), "--calib-limit", "48", "--out", str(out), "--variants", "int8",
-                 "--crop", "32", "--resize", "36", "--latency-runs", "3", "--throughput-batch", "2",
+                 *FAST,
                  "--max-top1-drop", "2", "--fallback", "--sensitivity-images", "16", "--max-fallback-layers", "1"])
     err = capsys.readouterr().err
     data = json.loads((out / "report.json").read_text())

@@ -13,24 +13,13 @@ Two ways to execute a Q/DQ graph, and the choice matters for honest numbers:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
 import sys
-import time
 
 import numpy as np
 
+from compress.backends import Backend
 from compress.errors import require
-
-
-def unavailable() -> str | None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc}); pip install 'compress[onnx]'"
-    return None
 
 
 def version() -> str:
@@ -85,85 +74,31 @@ def logits(path, images, preprocess, as_written: bool, batch_size: int = 32, des
     return np.concatenate(out)
 
 
-def _rss_bytes() -> int:
-    """Peak resident memory of this process so far. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the
-    parent across fork and exec, so a probe started by a large process would report the parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+class OnnxRuntimeCPU(Backend):
+    name = "onnxruntime-cpu"
+    purpose = "measure every variant on this CPU"
 
+    def unavailable(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"onnxruntime is not installed ({exc}); pip install 'compress[onnx]'"
+        return None
 
-def probe(path: str, as_written: bool, warmup: int, runs: int, batch: int, batch_runs: int,
-          threads: int | None) -> dict:
-    """Latency at batch 1, peak memory, then throughput at `batch`. Run in a fresh process (see `measure`)."""
-    from tqdm import tqdm
+    def describe(self) -> dict:
+        from compress.measure import cpu_flags, cpu_name
 
-    from compress.measure import percentiles
+        return {"device": cpu_name(), "cpu_flags": cpu_flags(), "onnxruntime": version(),
+                "saturation_guard": saturation_guard()}
 
-    baseline = _rss_bytes()
-    session = Session(path, as_written=as_written, threads=threads)
-    rng = np.random.default_rng(0)
-    x1 = rng.standard_normal(session.input_shape(1), dtype=np.float32)
-    for _ in range(warmup):
-        session.infer(x1)
-    times = []
-    for _ in tqdm(range(runs), desc="latency", unit="run", file=sys.stderr, leave=False):
-        t0 = time.perf_counter()
-        session.infer(x1)
-        times.append(time.perf_counter() - t0)
-    peak = _rss_bytes()  # before the large batch: the memory of a batch-1 deployment
-    xb = rng.standard_normal(session.input_shape(batch), dtype=np.float32)
-    session.infer(xb)
-    t0 = time.perf_counter()
-    for _ in tqdm(range(batch_runs), desc=f"throughput b{batch}", unit="run", file=sys.stderr, leave=False):
-        session.infer(xb)
-    elapsed = time.perf_counter() - t0
-    ms = np.asarray(times) * 1e3
-    return {
-        "latency_ms": percentiles(ms),
-        "latency_runs": runs,
-        "batch_size": 1,
-        "throughput_batch": batch,
-        "throughput_ips": batch * batch_runs / elapsed,
-        "peak_rss_bytes": peak,
-        "baseline_rss_bytes": baseline,
-        "threads": threads or os.cpu_count(),
-        "timer": "perf_counter around InferenceSession.run, input in host memory, after warm-up",
-    }
+    def runs(self, variant: dict) -> dict | None:
+        guard = ", session.x64quantprecision=1 (no VNNI)" if saturation_guard() else ""
+        kernels = f"onnxruntime CPU kernels, all optimisations{guard}"
+        as_written = variant["precision"] == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, TensorRT's arithmetic
+        return {"precision": "int8" if variant["precision"].startswith("int8") else "fp32", "file": variant["path"],
+                "accuracy_method": ("Q/DQ executed as written (graph optimisations off), TensorRT's arithmetic"
+                                    if as_written else kernels),
+                "latency_method": f"{kernels}; perf_counter around InferenceSession.run, input in host memory"}
 
-
-def measure(path: str | os.PathLike[str], as_written: bool, warmup: int = 10, runs: int = 100, batch: int = 32,
-            batch_runs: int = 5, threads: int | None = None) -> dict:
-    """Run `probe` in a fresh Python process so variants do not share caches or memory high-water marks."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "compress.backends.onnxruntime", str(path), "--warmup", str(warmup),
-           "--runs", str(runs), "--batch", str(batch), "--batch-runs", str(batch_runs)]
-    if as_written:
-        cmd.append("--as-written")
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _main() -> None:
-    p = argparse.ArgumentParser(description="latency and memory probe of one ONNX file (run by `measure`)")
-    p.add_argument("path")
-    p.add_argument("--as-written", action="store_true")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batch-runs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args()
-    print(json.dumps(probe(a.path, a.as_written, a.warmup, a.runs, a.batch, a.batch_runs, a.threads)))
-
-
-if __name__ == "__main__":
-    _main()
+    def open(self, variant: dict, for_accuracy: bool, threads: int | None = None) -> Session:
+        return Session(variant["path"], as_written=for_accuracy and variant["precision"] == "int8", threads=threads)

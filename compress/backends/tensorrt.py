@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.backends import Backend
 from compress.engine import BuildPlan, Device
 from compress.errors import UserError
 
@@ -34,7 +35,7 @@ def unavailable() -> str | None:
         _trt()
     except UserError as exc:
         return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
-    from compress.backends import cuda
+    from compress.backends import _cuda as cuda
 
     return cuda.unavailable()
 
@@ -44,7 +45,7 @@ def version() -> str:
 
 
 def device() -> Device:
-    from compress.backends.cuda import Cuda
+    from compress.backends._cuda import Cuda
 
     gpu, cc = Cuda().device()
     return Device(gpu=gpu, compute_capability=cc, tensorrt=version())
@@ -120,7 +121,7 @@ class Runner:
     def __init__(self, engine_bytes: bytes, batch: int):
         import tensorrt as trt
 
-        from compress.backends.cuda import Cuda
+        from compress.backends._cuda import Cuda
 
         self.cuda = Cuda()
         before = self.cuda.mem_used()
@@ -188,3 +189,31 @@ class Runner:
                 times.append(self.cuda.elapsed_ms(start, end))
             result[f"{label}_ms"] = float(np.median(times))
         return result
+
+
+class TensorRT(Backend):
+    """Engines for this GPU: built and measured by `compress build` (they need the GPU they run on)."""
+
+    name = "tensorrt"
+    purpose = "build and run engines (compress build)"
+    stage = "build"
+
+    def unavailable(self) -> str | None:
+        return unavailable()
+
+    def describe(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(device())
+
+    def runs(self, variant: dict) -> dict | None:
+        if variant["precision"] not in ("fp32", "int8"):
+            return None  # int8-cpu is onnxruntime's format
+        return {"precision": variant["precision"], "file": variant["path"],
+                "accuracy_method": "TensorRT engine on this GPU",
+                "latency_method": "CUDA events around execute_async_v3 on one stream, after warm-up; host-device "
+                                  "copies timed separately"}
+
+    def open(self, variant: dict, for_accuracy: bool, threads: int | None = None) -> Runner:
+        """`variant["path"]` is an engine made by `compress build` on this device."""
+        return Runner(Path(variant["path"]).read_bytes(), int(variant.get("batch", 1)))

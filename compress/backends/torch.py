@@ -1,5 +1,7 @@
-"""PyTorch on a GPU as a measured backend: the "PyTorch on this GPU" baseline TensorRT speedups are reported
-against, and the backend where TensorRT is absent.
+"""PyTorch as a measured backend: eager FP32 on a GPU (`torch-cuda`, TF32 off) is the "PyTorch on this GPU"
+baseline TensorRT speedups are reported against; `latency` also times TF32, FP16, channels-last and CUDA graphs
+for the GPU study (benchmarks/torch_gpu.py). A variant runs here when it has a torch model (`model.pt`, saved by
+the export and prune stages from a checkpoint).
 
 Modes: fp32 (TF32 off: true FP32), tf32, fp16 (weights and input in half); channels-last memory format; CUDA
 graphs on or off. On a GPU, time is taken by CUDA events around the forward pass with the input already on the
@@ -10,18 +12,70 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
+import numpy as np
+
+from compress.backends import Backend
 from compress.errors import UserError, require
 
 MODES = ("fp32", "tf32", "fp16")
 
 
-def unavailable() -> str | None:
-    try:
+class TorchCUDA(Backend):
+    name = "torch-cuda"
+    purpose = "PyTorch eager FP32 on this GPU (TF32 off): what a PyTorch user has today"
+    device = "cuda"
+
+    def unavailable(self) -> str | None:
+        try:
+            torch = require("torch")
+        except UserError as exc:
+            return f"{exc.message}; {exc.hint}"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return None
+
+    def describe(self) -> dict:
         torch = require("torch")
-    except UserError as exc:
-        return exc.message
-    return None if torch.cuda.is_available() else "torch sees no CUDA device"
+        from compress.measure import cpu_name
+
+        name = torch.cuda.get_device_name() if self.device == "cuda" else cpu_name()
+        return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    def runs(self, variant: dict) -> dict | None:
+        if variant["precision"] != "fp32" or not Path(variant["path"]).with_name("model.pt").is_file():
+            return None
+        timer = ("CUDA-synchronised perf_counter around the forward pass, input copied from host memory"
+                 if self.device == "cuda" else "perf_counter around the forward pass, input in host memory")
+        return {"precision": "fp32", "file": Path(variant["path"]).with_name("model.pt"),
+                "accuracy_method": f"PyTorch eager on {self.device}, FP32",
+                "latency_method": f"PyTorch eager on {self.device}, FP32 (TF32 off), torch.inference_mode; {timer}"}
+
+    def open(self, variant: dict, for_accuracy: bool, threads: int | None = None) -> _Eager:
+        return _Eager(Path(variant["path"]).with_name("model.pt"), self.device, threads)
+
+
+class _Eager:
+    """A torch model as a session: numpy in, logits out, on the backend's device."""
+
+    def __init__(self, path: Path, device: str, threads: int | None):
+        torch = require("torch")
+        from compress import prune
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "cuda":
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        self.torch, self.device = torch, device
+        self.net = prune.load(path).to(device)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            out = self.net(self.torch.from_numpy(batch).to(self.device))
+            if self.device == "cuda":
+                self.torch.cuda.synchronize()
+            return out.cpu().numpy()
 
 
 def latency(model, batch: int, crop: int, mode: str = "fp32", channels_last: bool = False, cuda_graph: bool = False,

@@ -1,0 +1,3 @@
+from compress.backends import _main
+
+_main()
