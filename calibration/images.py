@@ -40,6 +40,16 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     color: str = "RGB"
 
+    def __post_init__(self) -> None:  # also read back from files that travel: check it all
+        import math
+
+        ok = (isinstance(self.resize, int) and isinstance(self.crop, int) and 8 <= self.crop <= self.resize <= 4096
+              and self.interpolation in ("bilinear", "bicubic", "nearest") and self.color == "RGB"
+              and all(len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+                      for v in (self.mean, self.std)) and min(self.std) > 0)
+        if not ok:
+            raise ValueError(f"not a valid preprocessing: {str(self.to_dict())[:200]}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -52,7 +62,7 @@ class Preprocess:
         from PIL import Image
 
         resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[self.interpolation]
-        image = image.convert(self.color)
+        image = to_8bit(image).convert(self.color)
         w, h = image.size
         if w <= h:
             size = (self.resize, int(self.resize * h / w))
@@ -69,6 +79,28 @@ class Preprocess:
         x = pixels.astype(np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class Unsupported(ValueError):
+    """An image whose pixels cannot be mapped to 8-bit RGB without guessing."""
+
+
+def to_8bit(image):
+    """Pillow's RGB conversion clips 16-bit and 32-bit integer pixels at 255 (a 16-bit PNG turns almost white):
+    scale them to 8 bits first. Floating-point pixels have no agreed range: refused."""
+    from PIL import Image
+
+    if image.mode == "F" or image.mode.startswith("RGBa") or image.mode.startswith("RGBX;16"):
+        raise Unsupported(f"{image.mode} pixels")
+    if image.mode.startswith("I"):  # I, I;16, I;16B, ...: one channel of 16 or 32-bit integers
+        a = np.asarray(image).astype(np.int64)
+        bits = 16 if image.mode.startswith("I;16") or a.max(initial=0) <= 65535 else 32
+        a = np.clip(a, 0, (1 << bits) - 1) >> (bits - 8)
+        return Image.fromarray(a.astype(np.uint8), "L")
+    return image
+
+
+MAX_PIXELS = 64_000_000  # decoded size bound: a larger image is a decompression bomb or not a photo
 
 
 @dataclass
@@ -177,10 +209,9 @@ def load(
                        "preprocess": preprocess.to_dict()})[:16]
     cache = Path(cache_dir) / f"images-{key}.npz" if cache_dir else None
     if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            return ImageSet(str(root), meta["names"], z["labels"], z["pixels"], meta["hashes"],
-                            meta["skipped"], key)
+        cached = _read_cache(cache, root, key)
+        if cached is not None:
+            return cached
 
     names, labels, pixels, kept_hashes, skipped = [], [], [], [], list(missing)
     iterator = zip(present, hashes)
@@ -191,24 +222,52 @@ def load(
     for (rel, idx), h in iterator:
         try:
             with Image.open(root / rel) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise Unsupported(f"{im.width}x{im.height} pixels")
                 pixels.append(preprocess.transform(im))
-        except (OSError, ValueError, SyntaxError):  # Pillow's errors for truncated or non-image files
-            skipped.append(rel)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # Pillow's errors for truncated, non-image or oversized files; Unsupported for pixel formats
+            skipped.append(f"{rel} ({exc})" if isinstance(exc, Unsupported) else rel)
             continue
         names.append(rel)
         labels.append(idx)
         kept_hashes.append(h)
     if skipped:
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        shown = ", ".join(x[:80] for x in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         print(f"warning: {root}: skipped {len(skipped)} unreadable image(s): {shown}", file=sys.stderr)
     if not names:
         raise UserError(f"no usable images in {root}", "check the folder and its labels.txt")
     images = ImageSet(str(root), names, np.asarray(labels, np.int64), np.stack(pixels), kept_hashes, skipped, key)
     if cache is not None:
-        meta = json.dumps({"names": names, "hashes": kept_hashes, "skipped": skipped})
+        meta = json.dumps({"names": names, "hashes": kept_hashes, "skipped": skipped,
+                           "pixels_sha256": _digest(images.pixels, images.labels)})
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.savez(f, pixels=images.pixels, labels=images.labels, meta=np.asarray(meta))
     return images
+
+
+def _digest(pixels: np.ndarray, labels: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(pixels).data)
+    h.update(np.ascontiguousarray(labels.astype(np.int64)).data)
+    return h.hexdigest()
+
+
+def _read_cache(cache: Path, root: Path, key: str) -> ImageSet | None:
+    """A decoded-image cache whose content matches its recorded digest; None (decode again) if it is damaged,
+    truncated or altered."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            pixels, labels = z["pixels"], z["labels"]
+        if meta.get("pixels_sha256") != _digest(pixels, labels) or len(meta["names"]) != len(pixels):
+            raise ValueError("content does not match its digest")
+    except Exception as exc:  # np.load raises many kinds for a damaged file
+        print(f"warning: {cache.name}: unusable decoded-image cache ({type(exc).__name__}), decoding again",
+              file=sys.stderr)
+        return None
+    return ImageSet(str(root), meta["names"], labels, pixels, meta["hashes"], meta["skipped"], key)
 
 
 def overlap(a: ImageSet, b: ImageSet) -> list[str]:

@@ -57,17 +57,26 @@ class Statistics:
         if grow:
             hist = np.concatenate([np.zeros(grow, np.int64), hist, np.zeros(grow, np.int64)])
             edge += grow * stride
-        scale, top = np.float32(len(hist) / (2 * edge)), len(hist) - 1
+        n, scale = len(hist), np.float32(len(hist) / (2 * edge))
         buf = np.empty(min(_CHUNK, x.size), np.float32)
-        for i in range(0, x.size, _CHUNK):  # bin index = floor((x + T) / stride), the last edge inclusive
+        for i in range(0, x.size, _CHUNK):  # bin index = floor((x + T) / stride); x == T lands in bin n
             part = x[i : i + _CHUNK]
             b = buf[: part.size]
             np.add(part, np.float32(edge), out=b)
             np.multiply(b, scale, out=b)
-            idx = b.astype(np.int32)
-            np.clip(idx, 0, top, out=idx)
-            hist += np.bincount(idx, minlength=len(hist))
+            counts = np.bincount(b.astype(np.int32), minlength=n + 1)
+            counts[n - 1] += counts[n:].sum()  # the last edge is inclusive, as in np.histogram
+            hist += counts[:n]
         self.hist[name], self.edge[name] = hist, edge
+
+    def relu(self, name: str, source: str) -> None:
+        """Statistics of relu(source) from those of source: the negative mass moves to the bin holding 0."""
+        hist = self.hist[source].copy()
+        half = len(hist) // 2  # bins [0, half) hold x < 0; bin `half` starts at 0
+        hist[half] += hist[:half].sum()
+        hist[:half] = 0
+        self.hist[name], self.edge[name] = hist, self.edge[source]
+        self.lo[name], self.hi[name] = max(self.lo[source], 0.0), max(self.hi[source], 0.0)
 
     # -- ranges -------------------------------------------------------------------------------------------
     def ranges(self, method: str, symmetric: bool, tensors: list[str], percentile: float = 99.999):
@@ -124,7 +133,7 @@ class Statistics:
                        int(z["images"]))
 
 
-def collect(fp32_onnx, images, preprocess, tensors: set[str], batch_size: int = 4,
+def collect(fp32_onnx, images, preprocess, tensors: set[str], batch_size: int = 1,
             progress: str | None = "calibrate") -> Statistics:
     """Run the FP32 model over `images` once, `batch_size` at a time, folding every wanted tensor into the
     statistics: memory holds one batch's activations, whatever the number of images."""
@@ -134,14 +143,18 @@ def collect(fp32_onnx, images, preprocess, tensors: set[str], batch_size: int = 
 
     wanted = set(tensors)
     proto = onnx.load(str(fp32_onnx))
+    # A Relu's output is its input with the negatives at 0: its statistics follow from the input's, exactly but
+    # for the bin layout, at no cost (ResNet-50: 49 of 123 tensors).
+    relu = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Relu" and n.input[0] in wanted
+            and n.output[0] in wanted}
     present = {o.name for o in proto.graph.output}
-    for name in sorted(wanted - present):
+    for name in sorted(wanted - set(relu) - present):
         proto.graph.output.append(onnx.ValueInfoProto(name=name))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor stays observable
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = sorted(wanted)
+    names = sorted(wanted - set(relu))
     stats = Statistics()
     with tqdm(total=len(images), desc=progress, unit="img", file=sys.stderr, leave=False,
               disable=progress is None) as bar:
@@ -150,6 +163,8 @@ def collect(fp32_onnx, images, preprocess, tensors: set[str], batch_size: int = 
                 stats.add(name, out)
             stats.images += len(batch)
             bar.update(len(batch))
+    for out, x in relu.items():
+        stats.relu(out, x)
     return stats
 
 

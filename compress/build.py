@@ -37,6 +37,12 @@ def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32,
     if device.tensorrt_major not in BUILD_MAJORS:
         raise UserError(f"TensorRT {device.tensorrt} is not supported by compress build",
                         "use TensorRT 10 or 11, or the trtexec lines of 'compress bundle'")
+    with run.lock():
+        return _build(run, device, precisions, max_batch, workspace_mib, timing_cache, dla_core, gpu_fallback, runs)
+
+
+def _build(run: RunDir, device: Device, precisions: tuple[str, ...], max_batch: int, workspace_mib: int | None,
+           timing_cache: str | Path | None, dla_core: int | None, gpu_fallback: bool, runs: int) -> list[dict]:
     found = [v for v in run.variants() if engine_precisions(v["precision"])]
     crops = {v["preprocess"].crop for v in found}
     if len(crops) != 1:

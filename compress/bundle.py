@@ -83,6 +83,15 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     out_dir = Path(out) if out else run.root / "bundles"
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out_dir))  # one per bundle call
+    try:
+        return _write(stage, name, target, prof, found, plans, recipe, wanted, out_dir, max_batch, eval_images)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write(stage: Path, name: str, target: str, prof: dict, found: list[dict], plans: list[BuildPlan], recipe: dict,
+           wanted: tuple[str, ...], out_dir: Path, max_batch: int, eval_images: bool) -> Path:
+    """The bundle's files under `stage`, then the archive in `out_dir`."""
     root = stage / name
     for v in found:
         dst = root / "variants" / v["name"] / "model.onnx"
@@ -113,11 +122,8 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
                f"set -e\nmkdir -p engines/{target}\n" + "".join(c["trtexec"] + "\n" for c in commands))
     write_text(root / "README.md", _readme(target, prof, manifest))
     archive = out_dir / f"{name}.tar.gz"
-    try:
-        with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
-            tar.add(root, arcname=name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(root, arcname=name)
     return archive
 
 

@@ -4,6 +4,7 @@ needs them, so `compress --help` stays instant and works without torch, onnxrunt
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from compress import __version__
@@ -77,8 +78,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
     m.add_argument("--latency-runs", type=_positive_int, default=100,
                    help="timed batch-1 runs per variant, split across the rounds (default 100)")
-    m.add_argument("--rounds", type=_positive_int, default=5,
-                   help="interleaved latency rounds, each variant in a fresh process per round (default 5)")
+    m.add_argument("--rounds", type=_positive_int, default=3,
+                   help="interleaved latency rounds, each variant in a fresh process per round (default 3)")
     m.add_argument("--throughput-batch", type=_positive_int, default=32, help="batch for throughput (default 32)")
     m.add_argument("--threads", type=_positive_int, help="CPU threads for timing (default: all cores)")
     m.add_argument("--backends", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
@@ -201,10 +202,16 @@ def cmd_run(a: argparse.Namespace) -> int:
                    measure=from_args(MeasureSpec, a), budget=from_args(Budget, a))
     if not Path(spec.model).is_file():
         raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
-    for option, folder in (("--data", spec.data), ("--calib", spec.calib)):
-        if folder is not None and not Path(folder).is_dir():
+    for option, folder in (("--data", spec.data), ("--calib", spec.calib),
+                           ("--finetune-images", spec.prune.finetune_images)):
+        if folder is None:
+            continue
+        if not Path(folder).is_dir():
             raise UserError(f"{option} folder not found: {folder}",
                             "pass a folder with labels.txt or class sub-folders")
+        if Path(spec.out).resolve().is_relative_to(Path(folder).resolve()):
+            raise UserError(f"--out {spec.out} is inside {option} {folder}",
+                            "put the run directory outside the image folders (its files would become images)")
     data = Pipeline(spec).run()
     print("\n".join(line for line in markdown(data).split("## Every figure")[0].splitlines()
                     if line.startswith(("|", "- **"))))
@@ -219,12 +226,14 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from compress import report
+    from compress.rundir import RunDir
 
-    data = report.load(Path(a.run_dir))
-    report.write(a.run_dir, data)
+    run = RunDir(a.run_dir).check()
+    with run.lock():
+        data = report.load(run.root)
+        report.write(run.root, data)
     print(report.markdown(data))
     return 0
 
@@ -242,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[a.command](a)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)  # one line: the message and its hint
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the device writing {exc.filename or 'the run directory'} (hint: free some "
+              "space and run again: finished stages are kept)", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept and reused by the next run", file=sys.stderr)

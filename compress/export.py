@@ -74,6 +74,18 @@ def parity(model, onnx_path: str | os.PathLike[str], batch: np.ndarray, toleranc
     return result
 
 
+def external_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The external-data files an ONNX model names (checked to lie beside it by `adopt`)."""
+    onnx = require("onnx")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []  # not readable: `adopt` says why
+    folder = Path(path).resolve().parent
+    names = {e.value for i in proto.graph.initializer for e in i.external_data if e.key == "location"}
+    return sorted(p for p in ((folder / n).resolve() for n in names) if p.is_relative_to(folder) and p.is_file())
+
+
 def adopt(src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: dict[str, str], preprocess) -> dict:
     """Take a user's FP32 ONNX file as the fp32 variant: checked to be one image classifier this pipeline can
     quantize and measure, written with its weights inline and our metadata. Returns facts for the record."""
@@ -86,6 +98,8 @@ def adopt(src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: dict[s
     except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
         raise UserError(f"{name}: not a readable ONNX file ({type(exc).__name__})") from None
     g = proto.graph
+    if not g.node and not g.input:
+        raise UserError(f"{name}: not a readable ONNX file (an empty graph)", "pass an FP32 ONNX image classifier")
     inits = {i.name for i in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
     if not g.node or len(inputs) != 1 or len(g.output) != 1:

@@ -7,7 +7,6 @@ holding pickled Python objects is refused, never executed.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,17 +83,16 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict:
         raise UserError(f"checkpoint not found: {path}", "pass --model PATH to a .pth state_dict or an .onnx file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's weights-only unpickler names the first Python object it refused to build
-        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:200]
-        if "Unsupported global" in detail:
-            raise UserError(
-                f"{path}: refusing to unpickle Python objects from the checkpoint ({detail})",
-                "save a plain state_dict: torch.save(model.state_dict(), PATH)",
-            ) from None
-        raise UserError(f"{path}: not a readable torch checkpoint ({detail})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # torch.load raises many kinds for a damaged, foreign or pickled-object file
+        text = str(exc)
+        # torch's weights-only unpickler names the Python object it refused to build
+        refused = [line.strip() for line in text.splitlines() if "unsupported global" in line.lower()]
+        if refused:
+            raise UserError(f"{path}: refusing to unpickle Python objects from the checkpoint ({refused[0][:200]})",
+                            "save a plain state_dict: torch.save(model.state_dict(), PATH)") from None
+        detail = (text.splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {detail})",
+                        "pass a state_dict saved with torch.save") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -121,6 +121,10 @@ class Pipeline:
     def export(self, sample: np.ndarray) -> None:
         s = self.spec
         key = {"model": self.model_digest, "arch": s.arch, "preprocess": self.pre.to_dict(), "compress": __version__}
+        if s.is_onnx_model:  # weights kept beside the model are inputs too
+            from compress.export import external_files
+
+            key["external"] = {p.name: sha256_file(p) for p in external_files(s.model)}
         v = parse_variant("fp32")
 
         def build(d: Path) -> dict:
@@ -279,6 +283,10 @@ class Pipeline:
                     out.append(session.infer(batch))
                     bar.update(len(batch))
             logits = np.concatenate(out)
+            if logits.ndim != 2 or int(evaluation.labels.max()) >= logits.shape[1]:
+                raise UserError(f"{evaluation.root}: labels go up to {int(evaluation.labels.max())} but {v.name} "
+                                f"has {logits.shape[1] if logits.ndim == 2 else '?'} classes",
+                                "the class indices must be those of the model's head (0-based)")
             if not np.isfinite(logits).all():
                 raise UserError(f"{v.name} computes non-finite logits on {backend.name}",
                                 "check the model's weights (NaN or Inf)")
@@ -412,10 +420,14 @@ class Pipeline:
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self) -> dict:
+
+        with self.run_dir.create().lock():
+            return self._run()
+
+    def _run(self) -> dict:
         from compress import measure, report
 
         s = self.spec
-        self.run_dir.create()
         evaluation = self.images(s.data, s.measure.eval_limit, "evaluation")
         if any(v.precision != "fp32" or v.prune for v in s.variants):
             same = calibration.overlap(evaluation, self.calib)

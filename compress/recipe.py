@@ -58,7 +58,7 @@ class PruneSpec:
 @dataclass(frozen=True)
 class MeasureSpec:
     latency_runs: int = 100  # timed batch-1 runs per variant, split across the rounds
-    rounds: int = 5  # interleaved rounds: each runs every variant once, in a fresh process
+    rounds: int = 3  # interleaved rounds: each runs every variant once, in a fresh process
     throughput_batch: int = 32
     threads: int | None = None
     eval_limit: int | None = None

@@ -19,9 +19,12 @@ against the grammar before they become paths, and results are checked against th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,8 +255,39 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create {self.root}: {exc.strerror}", "pass a writable --out folder") from None
-        write_json(self.root / "run.json", {"format": FORMAT, "compress": __version__})
+        try:
+            write_json(self.root / "run.json", {"format": FORMAT, "compress": __version__})
+        except OSError as exc:
+            raise UserError(f"cannot write in {self.root}: {exc.strerror}", "pass a writable --out folder") from None
         return self
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run directory for one compress process; a second one is told who holds it. Stale temporaries
+        of killed runs are removed once the lock is held (no other run can be writing them)."""
+        import fcntl
+
+        path = self.root / ".lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()[:20] or "unknown"
+                raise UserError(f"{self.root} is in use by another compress process (pid {holder})",
+                                "wait for it to finish, or pass another folder") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            for stale in self.root.rglob(".*.part"):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
+            try:
+                yield self
+            finally:
+                f.seek(0)
+                f.truncate()
 
     def check(self) -> RunDir:
         """Refuse a directory that is not a run directory of this layout."""

@@ -6,10 +6,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from conftest import TINY, images  # noqa: E402
+
 from calibration import ranges  # noqa: E402
 from compress.errors import UserError  # noqa: E402
 from compress.quantize import quantize  # noqa: E402
-from conftest import TINY, images  # noqa: E402
 
 
 def ort_percentile(batches, symmetric: bool, percentile: float = 99.999) -> tuple[float, float]:
