@@ -228,7 +228,7 @@ def test_bombs_16_bit_and_float_images(box, monkeypatch, capsys):
     assert 100 < pixels.mean() < 160 and pixels.max() > 200  # scaled from 16 bits, not clipped to white
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     monkeypatch.setattr(images_mod, "MAX_PIXELS", 2000)
-    assert "c/big.png (60x60 pixels)" in calibration.load(work / "imgs", TINY).skipped  # our bound, whatever Pillow says
+    assert "c/big.png (60x60 pixels)" in calibration.load(work / "imgs", TINY).skipped  # our own bound
 
 
 def test_image_cache_is_verified(box, data_dirs, capsys):
