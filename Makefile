@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 REF := ../shared/reference
 RUN ?= runs/reference
 
-.PHONY: install test reference reference-model typecheck lint
+.PHONY: install test test-fast reference reference-model typecheck lint
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ reference-model: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not reference"
 
 reference: reference-model
 	$(BIN)/compress run --model "$$($(BIN)/python $(REF)/get_resnet50.py)" --arch resnet50-v1 \

@@ -1,15 +1,16 @@
-"""Pruning sweep on the reference model: ratios x (with, without BN re-estimation) x (FP32, INT8), on
-onnxruntime CPU, against FP32 on the same images.
+"""Pruning study on the reference model: MAC reductions x recovery (reconstruction; Torch-Pruning L1 with
+BatchNorm re-estimation), FP32 and their int8-cpu siblings, on onnxruntime CPU, against FP32 on the same images.
 
-    python benchmarks/prune_sweep.py [--ratios 0.2,0.3,0.5] [--finetune-epochs N]
+    python benchmarks/prune_sweep.py [--ratios 0.2,0.3,0.5]
 
-writes two runs through benchmarks/run.py (prune-sweep-bn, prune-sweep-nobn) and
-benchmarks/results/prune-sweep.md, the side-by-side table.
+writes two runs through benchmarks/run.py (prune-reconstruct, prune-l1-bn) and benchmarks/results/prune-sweep.md,
+the side-by-side table with each variant's recovery time. Calibration images only: no labels are used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,43 +29,41 @@ def reference_model() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ratios", default="0.2,0.3,0.5")
-    p.add_argument("--finetune-epochs", type=int, default=0)
-    p.add_argument("--variants", default="fp32,int8")
+    p.add_argument("--methods", default="reconstruct,l1")
     a = p.parse_args()
     common = ["--model", reference_model(), "--arch", "resnet50-v1", "--data", str(REF / "imagenet-val"),
-              "--calib", str(REF / "imagenet-calib"), "--variants", a.variants, "--prune-ratios", a.ratios]
-    if a.finetune_epochs:
-        common += ["--finetune-epochs", str(a.finetune_epochs), "--finetune-images", str(REF / "imagenet-calib")]
-    with_bn = run("prune-sweep-bn", common)
-    without = run("prune-sweep-nobn", [*common, "--no-bn-recalibration"])
-
-    def rows(data):
-        return {r["variant"]: r for r in data["results"]}
-
-    bn, nobn = rows(with_bn), rows(without)
+              "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,int8-cpu", "--prune-ratios", a.ratios,
+              "--backends", "onnxruntime-cpu"]
+    names = {"reconstruct": "prune-reconstruct", "l1": "prune-l1-bn"}
+    runs = {m: run(names[m], [*common, "--method", m]) for m in a.methods.split(",")}
+    first = next(iter(runs.values()))
     lines = [
-        "# Pruning sweep: ResNet-50 v1, onnxruntime CPU",
+        "# Pruning study: ResNet-50 v1, onnxruntime CPU",
         "",
-        f"Machine: {machine(with_bn['env'])}.",
-        f"Evaluation: {with_bn['images']['count']} images of `reference/imagenet-val`; calibration and BN "
-        "re-estimation: 512 images of `reference/imagenet-calib` (unlabelled use).",
-        "Channels pruned per layer by L1 magnitude with Torch-Pruning, counts rounded to multiples of 8, stem and "
-        "classifier kept; no fine-tuning unless stated. Latency: batch 1, p50 over 100 runs; speedup against FP32 "
-        "on the same CPU. INT8 is the TensorRT Q/DQ file, accuracy as TensorRT computes it; its CPU latency is "
-        "not on its target runtime.",
-        f"Commands: `python benchmarks/prune_sweep.py --ratios {a.ratios}` (runs "
-        "[prune-sweep-bn](prune-sweep-bn.md) and [prune-sweep-nobn](prune-sweep-nobn.md)).",
+        f"Machine: {machine(first['env'])}.",
+        f"Evaluation: {first['images']['count']} images of `reference/imagenet-val`; calibration, reconstruction "
+        "and BN re-estimation: images of `reference/imagenet-calib`, unlabelled (reconstruction: the first 128).",
+        "pNN removes NN% of the conv and linear MACs. reconstruct: inner bottleneck channels chosen by activation "
+        "energy through the consumer's weights, each block re-fitted by ridge least squares to the FP32 "
+        "activations; l1: Torch-Pruning L1 over every channel group, then BatchNorm statistics re-estimated. "
+        "Counts multiples of 8, stem and classifier kept, no fine-tuning. Latency: batch 1, p50 over interleaved "
+        "rounds; speedup against FP32 in the same run. GMACs as Torch-Pruning counts every op.",
+        f"Command: `python benchmarks/prune_sweep.py --ratios {a.ratios} --methods {a.methods}` (runs "
+        + ", ".join(f"[{names[m]}]({names[m]}.md)" for m in runs) + ").",
         "",
-        "| variant | params M | GMACs | top-1 no BN | top-1 BN re-est. | Δtop1 BN | agree BN % | flips BN | "
-        "p50 ms | speedup |",
+        "| method | variant | GMACs | top-1 | Δtop1 | agree % | flips | p50 ms (spread) | speedup | recovery min |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in bn.items():
-        n = nobn.get(name, {})
-        lines.append(
-            f"| {name} | {(r.get('params') or 0) / 1e6:.2f} | {(r.get('macs') or 0) / 1e9:.2f} | "
-            f"{100 * n.get('top1', float('nan')):.1f} | {100 * r['top1']:.1f} | {r['top1_delta']:+.1f} | "
-            f"{100 * r['agreement']:.1f} | {r['flips']} | {r['latency_ms']['p50']:.1f} | {r['speedup']:.2f}x |")
+    for method, data in runs.items():
+        for r in data["results"]:
+            stage = ROOT / "runs" / names[method] / "variants" / r["variant"] / "stage.json"
+            seconds = json.loads(stage.read_text()).get("seconds") if r["variant"].startswith("p") else None
+            lo, hi = r["latency_spread_ms"]
+            lines.append(
+                f"| {method} | {r['variant']} | {(r.get('macs') or 0) / 1e9:.2f} | {100 * r['top1']:.1f} | "
+                f"{r['top1_delta']:+.1f} | {100 * r['agreement']:.1f} | {r['flips']} | "
+                f"{r['latency_ms']['p50']:.1f} ({lo:.1f}–{hi:.1f}) | {r['speedup']:.2f}x | "
+                + (f"{seconds / 60:.1f} |" if seconds is not None and not r["variant"].endswith("int8-cpu") else "— |"))
     (RESULTS / "prune-sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -32,8 +32,9 @@ _CHUNK = 1 << 20  # elements folded at a time: the temporaries stay in cache
 class Statistics:
     """Per tensor: min, max, and a histogram of x with 2 * BINS bins over [-T, T], widened on both sides (by
     whole bins) when larger values arrive. Folding it at 0 gives the histogram of |x| with BINS bins over
-    [0, T] that symmetric percentile calibration reads; merging pairs of bins gives the BINS bins over [-T, T]
-    that asymmetric percentile reads. Both are onnxruntime's default layouts."""
+    [0, T] that symmetric percentile calibration reads; as it is, x over [-T, T] for asymmetric percentile.
+    Either is merged into onnxruntime's layout for all the data at once (BINS bins over the final range) before
+    its collector computes the percentile, so ranges do not depend on how the images were batched."""
 
     lo: dict[str, float] = field(default_factory=dict)
     hi: dict[str, float] = field(default_factory=dict)
@@ -96,15 +97,18 @@ class Statistics:
         for t in tensors:
             lo, hi = np.float32(self.lo[t]), np.float32(self.hi[t])
             hist, edge = self.hist[t], self.edge[t]
-            if symmetric:
+            if symmetric:  # |x|: fold at 0
                 half = len(hist) // 2
-                folded = hist[half:] + hist[:half][::-1]
-                edges = np.linspace(0, edge, half + 1).astype(np.float32)
-                collector.histogram_dict[t] = (folded, edges, lo, hi)
-            else:  # onnxruntime's layout for x: BINS bins over [-T, T] (pairs of ours merged)
-                merged = hist.reshape(-1, 2).sum(axis=1)
-                edges = np.linspace(-edge, edge, len(merged) + 1).astype(np.float32)
-                collector.histogram_dict[t] = (merged, edges, lo, hi, np.float32(edge))
+                hist, lo_edge = hist[half:] + hist[:half][::-1], 0.0
+            else:
+                lo_edge = -edge
+            # onnxruntime's layout for all the data at once: BINS bins over the final range (merged from ours)
+            merge = -(-len(hist) // BINS)
+            hist = np.pad(hist, (0, merge * BINS - len(hist))).reshape(BINS, merge).sum(axis=1)
+            top = lo_edge + (merge * BINS) * (2 * edge / len(self.hist[t]))
+            edges = np.linspace(lo_edge, top, BINS + 1).astype(np.float32)
+            extra = () if symmetric else (np.float32(edge),)
+            collector.histogram_dict[t] = (hist, edges, lo, hi, *extra)
         import contextlib
         import io
 

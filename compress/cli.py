@@ -103,14 +103,18 @@ def parser() -> argparse.ArgumentParser:
                     help="exit 3 if any variant's top-1 is more than POINTS below FP32")
     bu.add_argument("--min-agreement", type=_finite, metavar="FRACTION",
                     help="exit 3 if any variant agrees with FP32's top-1 on fewer images (e.g. 0.985)")
-    pr = r.add_argument_group("prune (variants pNN: NN%% of channels removed; s24: 2:4 sparse weights)")
+    pr = r.add_argument_group("prune (variants pNN: NN%% of the MACs removed; s24: 2:4 sparse weights)")
     pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
-    pr.add_argument("--importance", default="l1", choices=["l1", "l2", "taylor"],
-                    help="channel importance (taylor uses the calibration images' labels) (default l1)")
+    pr.add_argument("--method", default="reconstruct", choices=["reconstruct", "l1", "l2", "taylor"],
+                    help="reconstruct: inner bottleneck channels re-fitted to the FP32 activations on unlabelled "
+                    "images; l1/l2/taylor: Torch-Pruning's criteria over every group, then BatchNorm re-estimation "
+                    "(taylor uses the calibration images' labels) (default reconstruct)")
+    pr.add_argument("--reconstruction-images", type=_positive_int, default=128,
+                    help="unlabelled images the reconstruction fits on (default 128)")
     pr.add_argument("--round-to", type=_bounded(1, 256), default=8, help="channel counts multiple of (default 8)")
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
-                    help="skip re-estimating BatchNorm statistics after pruning")
+                    help="skip re-estimating BatchNorm statistics after l1/l2/taylor pruning")
     pr.add_argument("--finetune-images", metavar="DIR", help="images for recovery (default: the calibration images)")
     pr.add_argument("--finetune-epochs", type=_count, default=0, help="epochs of distillation from FP32 (default 0)")
     pr.add_argument("--finetune-labels", action="store_true", help="also use the images' labels (cross-entropy)")

@@ -146,7 +146,8 @@ class Pipeline:
 
     def prune(self, v: Variant, sample: np.ndarray) -> None:
         s, p = self.spec, self.spec.prune
-        recovery = self.recovery_images if p.bn_recalibration or p.finetune_epochs else None
+        recovery = (self.recovery_images if p.bn_recalibration or p.finetune_epochs or p.method == "reconstruct"
+                    else None)
         key = {"fp32": self.digest("fp32"), "prune": v.prune, "options": p.__dict__,
                "recovery_images": recovery.key if recovery is not None else None, "compress": __version__}
 
@@ -156,25 +157,34 @@ class Pipeline:
             from compress import export, prune
 
             teacher = self.torch_model()
-            net = copy.deepcopy(teacher)
-            if v.prune_ratio is not None:
-                labelled = None
-                if p.importance == "taylor":
-                    torch = require("torch")
-                    head = self.calib.head(64)
-                    labelled = (torch.from_numpy(self.pre.normalize(head.pixels)), torch.from_numpy(head.labels))
-                facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.importance, p.round_to,
-                                       p.global_pruning, labelled)
-            else:
-                facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
             steps = []
+            if v.prune_ratio is not None and p.method == "reconstruct":
+                from compress import reconstruct
+
+                subset = recovery.head(p.reconstruction_images)
+                net, facts = reconstruct.reconstruct(teacher, subset, self.pre, v.prune_ratio, p.round_to)
+                facts.update(prune.count(net, self.pre.crop))
+                steps.append({"reconstruction": len(subset)})
+            else:
+                net = copy.deepcopy(teacher)
+                if v.prune_ratio is not None:
+                    labelled = None
+                    if p.method == "taylor":
+                        torch = require("torch")
+                        head = self.calib.head(64)
+                        labelled = (torch.from_numpy(self.pre.normalize(head.pixels)), torch.from_numpy(head.labels))
+                    target = int((1 - v.prune_ratio) * prune.count(teacher, self.pre.crop)["macs"])
+                    facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to,
+                                           p.global_pruning, labelled, target_macs=target)
+                else:
+                    facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
             if p.finetune_epochs:
                 steps.append({"distillation": prune.distill(net, teacher, recovery, self.pre, p.finetune_epochs,
                                                             labels=p.finetune_labels)})
                 if v.prune == "s24":
                     prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
-            if p.bn_recalibration:
-                prune.recalibrate_bn(net, recovery, self.pre)
+            if p.bn_recalibration and not (v.prune_ratio is not None and p.method == "reconstruct"):
+                prune.recalibrate_bn(net, recovery, self.pre)  # reconstruction fits what BN statistics would
                 steps.append({"bn_recalibration": len(recovery)})
             prune.save(net, d / "model.pt", s.arch, facts)
             extra = {"compress.arch": s.arch, "compress.parent": "fp32"}

@@ -38,7 +38,12 @@ class QuantizeSpec:
 
 @dataclass(frozen=True)
 class PruneSpec:
-    importance: str = "l1"
+    """pNN removes NN% of the FP32 model's MACs. `method` reconstruct: inner bottleneck channels, re-fitted to
+    the FP32 activations on `reconstruction_images` unlabelled images; l1/l2/taylor: Torch-Pruning's criteria
+    over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`)."""
+
+    method: str = "reconstruct"
+    reconstruction_images: int = 128
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True
@@ -47,8 +52,11 @@ class PruneSpec:
     finetune_labels: bool = False
 
     def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCES:
-            raise UserError(f"unknown importance {self.importance!r}", f"choose from {', '.join(IMPORTANCES)}")
+        if self.method not in ("reconstruct", *IMPORTANCES):
+            raise UserError(f"unknown pruning method {self.method!r}",
+                            f"choose from reconstruct, {', '.join(IMPORTANCES)}")
+        if not 8 <= self.reconstruction_images <= 100_000:
+            raise UserError(f"--reconstruction-images must be 8..100000, got {self.reconstruction_images}")
         if self.finetune_epochs < 0 or self.finetune_epochs > 1000:
             raise UserError(f"--finetune-epochs must be 0..1000, got {self.finetune_epochs}")
         if self.finetune_epochs and not self.finetune_images:

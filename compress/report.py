@@ -229,7 +229,7 @@ def recovery(r: dict) -> str:
     steps = r.get("recovery")
     if not steps:
         return "—"
-    names = {"bn_recalibration": "BN", "distillation": "KD"}
+    names = {"bn_recalibration": "BN", "distillation": "KD", "reconstruction": "recon"}
     return "+".join(names.get(k, k) for step in steps for k in (step if isinstance(step, dict) else {step: 0}))
 
 
@@ -302,7 +302,7 @@ def markdown(data: dict) -> str:
 def to_csv(data: dict) -> str:
     fields = csv_fields()
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(fields)
     for r in data["results"]:
         spread = r.get("latency_spread_ms") or [None, None]

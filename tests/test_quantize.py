@@ -117,7 +117,6 @@ def test_int8_accuracy_close_to_fp32(tiny_onnx, int8, data_dirs):
     assert base["top1"] >= 0.9, "the tiny model learnt its generated classes"
     q = accuracy(top5(ort.logits(int8[0], evaluation, TINY, as_written=True)), evaluation.labels, fp32)
     assert q["agreement"] >= 0.9 and q["top1"] >= base["top1"] - 0.1
-    assert q["flips"] == round((1 - q["agreement"]) * q["images"])
 
 
 def test_int8_cpu_uses_uint8_activations(int8_cpu, tiny_onnx, data_dirs):

@@ -1,0 +1,245 @@
+"""Pruning with reconstruction: remove inner bottleneck channels, then re-fit the layers that consume them so the
+pruned network reproduces the FP32 network's activations on unlabelled images. No labels, no backprop, minutes
+on a CPU.
+
+Where: the inner channels of every residual block (the outputs of conv1 and conv2), never the residual stream,
+the stem or the classifier: they carry most of the MACs (conv2 loses them on both sides) and no other block
+depends on them. Counts stay multiples of `round_to`.
+
+Which: a channel is worth what its consumer loses without it, E[a_c^2] * ||W_next[:, c]||^2 (activation energy
+through the consumer's weights), measured on the FP32 network.
+
+How: block by block, from the pruned network's own inputs (so errors do not accumulate), each conv is re-fitted
+by ridge least squares, closed form, to the FP32 network's pre-activation outputs (BatchNorm folded in): conv1 to
+FP32 conv1's kept channels, conv2 to FP32 conv2's kept channels, conv3 to FP32 conv3's output plus the error of
+the shortcut path (so the block's output, not only its branch, matches). Statistics are accumulated over image
+chunks at sampled positions: memory is bounded by the chunk, not the image count.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+from compress.errors import UserError, require
+
+
+def blocks(model) -> list:
+    from torchvision.models.resnet import Bottleneck
+
+    return [m for m in model.modules() if isinstance(m, Bottleneck)]
+
+
+def _fold(conv, bn):
+    """(weight, bias) of conv followed by eval-mode BatchNorm."""
+    torch = require("torch")
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    w = conv.weight.detach() * scale[:, None, None, None]
+    b = bn.bias.detach() - bn.running_mean * scale
+    if conv.bias is not None:
+        b = b + conv.bias.detach() * scale
+    return w, b
+
+
+def inner_counts(model, fraction: float, round_to: int) -> list[tuple[int, int]]:
+    """Channels kept in conv1 and conv2 of each block when `fraction` of them go, rounded to `round_to`."""
+    def keep(c: int) -> int:
+        return int(min(c, max(round_to, round_to * round((1 - fraction) * c / round_to))))
+
+    return [(keep(b.conv1.out_channels), keep(b.conv2.out_channels)) for b in blocks(model)]
+
+
+def macs(model, crop: int, counts: list[tuple[int, int]] | None = None) -> int:
+    """Conv and linear MACs at batch 1 of `model`, or of it with each block's inner channels cut to `counts`
+    (what pNN counts; the report's MACs are Torch-Pruning's count of every op)."""
+    torch = require("torch")
+    sizes: dict = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2] * o.shape[3]))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, crop, crop))
+    for h in hooks:
+        h.remove()
+    cut = {}
+    for b, (k1, k2) in zip(blocks(model), counts or []):
+        cut[b.conv1] = (b.conv1.in_channels, k1)
+        cut[b.conv2] = (k1, k2)
+        cut[b.conv3] = (k2, b.conv3.out_channels)
+    total = 0
+    for m, hw in sizes.items():
+        cin, cout = cut.get(m, (m.in_channels, m.out_channels))
+        total += cin // m.groups * cout * m.kernel_size[0] * m.kernel_size[1] * hw
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return int(total)
+
+
+def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float:
+    """The inner-channel fraction whose pruned model has `mac_reduction` fewer MACs (0.3: 30% fewer)."""
+    full = macs(model, crop)
+    target = (1 - mac_reduction) * full
+    low, high = 0.0, 0.95
+    most = 1 - macs(model, crop, inner_counts(model, high, round_to)) / full
+    if most < mac_reduction:
+        raise UserError(f"pruning inner channels cannot remove {100 * mac_reduction:.0f}% of this model's MACs",
+                        f"ask for at most p{int(100 * most)}, or use --method l1")
+    for _ in range(30):
+        mid = (low + high) / 2
+        if macs(model, crop, inner_counts(model, mid, round_to)) > target:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+class _Ridge:
+    """Accumulates X^T X and X^T Y over chunks; solves the ridge regression with a bias column."""
+
+    def __init__(self, features: int, outputs: int):
+        torch = require("torch")
+        self.xx = torch.zeros(features + 1, features + 1, dtype=torch.float64)
+        self.xy = torch.zeros(features + 1, outputs, dtype=torch.float64)
+
+    def add(self, x, y) -> None:  # x (samples, features), y (samples, outputs)
+        torch = require("torch")
+        x = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+        self.xx += x.T @ x
+        self.xy += x.T @ y.double()
+
+    def solve(self, damp: float):
+        torch = require("torch")
+        d = self.xx.shape[0]
+        reg = damp * torch.diagonal(self.xx)[:-1].mean().clamp_min(1e-12)
+        eye = torch.eye(d, dtype=torch.float64)
+        eye[-1, -1] = 0  # the bias is not shrunk
+        sol = torch.linalg.solve(self.xx + reg * eye, self.xy)
+        return sol[:-1].T.float(), sol[-1].float()  # weight (outputs, features), bias (outputs,)
+
+
+def _patches(x, conv):
+    """(samples, features) rows of the conv's input patches, one per output position."""
+    torch = require("torch")
+    cols = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _rows(y):
+    """(samples, channels) rows of an NCHW tensor, one per position."""
+    return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+
+
+def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int = 8, damp: float = 1e-3,
+                positions: int = 512, chunk: int = 16, progress: bool = True) -> tuple[object, dict]:
+    """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
+    pruned block re-fitted on `images` (unlabelled). Returns the model and what was done."""
+    torch = require("torch")
+    F = torch.nn.functional
+    from tqdm import tqdm
+
+    teacher = teacher.eval()
+    crop = preprocess.crop
+    fraction = fraction_for(teacher, crop, mac_reduction, round_to)
+    counts = inner_counts(teacher, fraction, round_to)
+    student = copy.deepcopy(teacher)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = torch.from_numpy(preprocess.normalize(images.pixels))
+        t = teacher
+        x_fp = torch.cat([t.maxpool(t.relu(t.bn1(t.conv1(x[i:i + chunk])))) for i in range(0, len(x), chunk)])
+        x_pr = x_fp.clone()
+        pairs = list(zip(blocks(teacher), blocks(student), counts))
+        bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
+        for tb, sb, (k1, k2) in bar:
+            x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F)
+    facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "inner_fraction": round(fraction, 4),
+             "round_to": round_to, "images": len(images), "inner_channels": counts}
+    return student.eval(), facts
+
+
+def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
+    torch = require("torch")
+    (w1, b1), (w2, b2), (w3, b3) = _fold(tb.conv1, tb.bn1), _fold(tb.conv2, tb.bn2), _fold(tb.conv3, tb.bn3)
+    ds = tb.downsample
+
+    def fp(xs):  # the FP32 block, pre-activations kept
+        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
+        a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
+        a3 = F.conv2d(a2.relu(), w3, b3)
+        return a1, a2, a3, (ds(xs) if ds is not None else xs)
+
+    # which channels: activation energy through the consumer's weights, on the FP32 network
+    e1 = torch.zeros(w1.shape[0], dtype=torch.float64)
+    e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
+    for i in range(0, len(x_fp), chunk):
+        a1, a2, _, _ = fp(x_fp[i:i + chunk])
+        e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
+        e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
+    keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
+    keep2 = torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values
+
+    conv1 = torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False)
+    conv2 = torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False)
+    conv3 = torch.nn.Conv2d(k2, tb.conv3.out_channels, 1, bias=False)
+
+    def sample(n):  # positions of one chunk's output rows used for fitting
+        return torch.randperm(n, generator=gen)[:positions * chunk] if n > positions * chunk else slice(None)
+
+    def fit(conv, inputs, target) -> tuple:
+        ridge = _Ridge(conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
+        for i in range(0, len(x_fp), chunk):
+            xs, ys = _patches(inputs(i), conv), _rows(target(i))
+            idx = sample(len(xs))
+            ridge.add(xs[idx], ys[idx])
+        w, b = ridge.solve(damp)
+        conv.weight.copy_(w.reshape(conv.weight.shape))
+        return b
+
+    def r1(i):
+        return F.conv2d(x_pr[i:i + chunk], conv1.weight, bias1, conv1.stride).relu()
+
+    def r2(i):
+        return F.conv2d(r1(i), conv2.weight, bias2, conv2.stride, conv2.padding).relu()
+
+    def shortcut(xs):
+        return ds(xs) if ds is not None else xs
+
+    bias1 = fit(conv1, lambda i: x_pr[i:i + chunk], lambda i: fp(x_fp[i:i + chunk])[0][:, keep1])
+    bias2 = fit(conv2, r1, lambda i: fp(x_fp[i:i + chunk])[1][:, keep2])
+
+    def target3(i):
+        _, _, a3, idf = fp(x_fp[i:i + chunk])
+        return a3 + idf - shortcut(x_pr[i:i + chunk])  # the shortcut's error is the branch's to make up
+
+    bias3 = fit(conv3, r2, target3)
+    nxt_fp, nxt_pr = [], []
+    for i in range(0, len(x_fp), chunk):
+        _, _, a3, idf = fp(x_fp[i:i + chunk])
+        nxt_fp.append((a3 + idf).relu())
+        nxt_pr.append((F.conv2d(r2(i), conv3.weight, bias3) + shortcut(x_pr[i:i + chunk])).relu())
+    for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
+        setattr(sb, f"conv{name}", conv)
+        setattr(sb, f"bn{name}", _identity_bn(bias))
+    return torch.cat(nxt_fp), torch.cat(nxt_pr)
+
+
+def _identity_bn(bias):
+    """A BatchNorm that adds `bias` and nothing else: the model keeps its layer structure (and the safe reload of
+    `prune.load`), the folded scale lives in the conv's weights."""
+    torch = require("torch")
+    bn = torch.nn.BatchNorm2d(len(bias)).eval()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1 - bn.eps)
+    bn.weight.data.fill_(1.0)
+    bn.bias.data.copy_(bias)
+    return bn
+
+
+def agreement(model, reference, images, preprocess, chunk: int = 32) -> float:
+    """Share of images whose top-1 under `model` equals `reference`'s."""
+    torch = require("torch")
+    same = 0
+    with torch.no_grad():
+        for xb, _ in images.batches(preprocess, chunk):
+            x = torch.from_numpy(xb)
+            same += int((model(x).argmax(1) == reference(x).argmax(1)).sum())
+    return same / len(images)
+
