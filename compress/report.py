@@ -7,11 +7,12 @@ import csv
 import datetime
 import html
 import io
+import os
 from pathlib import Path
 
 from compress.rundir import Result, RunDir, csv_fields, parse_variant
 from compress.sensitivity import Budget
-from compress.store import atomic_path, read_json, write_json, write_text
+from compress.store import UMASK, atomic_path, read_json, write_json, write_text
 
 PLOT, MEMORY_PLOT = "accuracy_latency.png", "memory.png"
 DEFAULT_BUDGET = 1.0  # top-1 points: what a recommendation may give up when the run set no budget
@@ -356,7 +357,8 @@ img{{max-width:100%}} .warn{{color:#8a4b00}}</style></head><body>
 """
 
 
-def plots(root: Path, data: dict) -> None:
+def plots(root: Path, data: dict, run_root: Path | None = None) -> None:
+    """The plots into `root`; paths recorded in the results are resolved inside `run_root` (default: root)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +391,7 @@ def plots(root: Path, data: dict) -> None:
 
     for r in data["results"]:
         if r.get("fallback") and r["fallback"].get("kept") is not None:
-            ranking = read_json(RunDir(root).inside(r["fallback"]["sensitivity"]))["layers"][:20]
+            ranking = read_json(RunDir(run_root or root).inside(r["fallback"]["sensitivity"]))["layers"][:20]
             kept = set(r["fallback"]["kept"])
             fig, ax = plt.subplots(figsize=(8, 0.3 * len(ranking) + 1.5))
             ax.barh([x["layer"] for x in ranking][::-1], [x["kl_gain"] for x in ranking][::-1],
@@ -448,10 +450,36 @@ def _save(fig, path: Path) -> None:
 
 
 def write(root: str | Path, data: dict) -> None:
+    """Write the report as a set: every file into a fresh generation folder, then one atomic switch of the
+    `.report` link to it. The names at the top of the run directory are links through `.report`, so a run killed
+    at any point shows the old report or the new one, never a mix."""
+    import shutil
+    import tempfile
+
     root = Path(root)
     data["recommendations"] = recommendations(data)
-    plots(root, data)
-    write_json(root / "report.json", data)
-    write_text(root / "report.md", markdown(data))
-    write_text(root / "report.csv", to_csv(data))
-    write_text(root / "report.html", to_html(data))
+    gen = Path(tempfile.mkdtemp(prefix=".report-", dir=root))
+    os.chmod(gen, 0o777 & ~UMASK)
+    plots(gen, data, root)
+    write_json(gen / "report.json", data)
+    write_text(gen / "report.md", markdown(data))
+    write_text(gen / "report.csv", to_csv(data))
+    write_text(gen / "report.html", to_html(data))
+    current = root / ".report"
+    if current.is_dir() and not current.is_symlink():  # a copy that followed the link: an old generation now
+        current.rename(Path(tempfile.mkdtemp(prefix=".report-", dir=root)) / "copied")
+    _link(current, gen.name)  # the switch
+    for f in gen.iterdir():
+        if not (root / f.name).is_symlink() or os.readlink(root / f.name) != f".report/{f.name}":
+            _link(root / f.name, f".report/{f.name}")
+    for old in root.glob(".report-*"):
+        if old != gen and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _link(path: Path, target: str) -> None:
+    """Point `path` at `target` atomically (a file or an older link there is replaced)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)

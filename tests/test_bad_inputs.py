@@ -358,6 +358,44 @@ def test_outputs_get_normal_permissions(finished):
 
 
 # -- faults and concurrency ----------------------------------------------------------------------------------
+def test_the_report_is_replaced_as_a_set(box, finished, monkeypatch, capsys):
+    from compress import report
+
+    work, _ = box
+    run = copy_of(finished, work)
+    before = {n: (run / n).read_bytes() for n in ("report.json", "report.html", "accuracy_latency.png")}
+    data = report.load(run)
+    data["warnings"] = ["a new generation"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill after the plots, before report.json
+
+    monkeypatch.setattr(report, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report.write(run, data)
+    assert {n: (run / n).read_bytes() for n in before} == before  # the old set, whole
+    monkeypatch.undo()
+    report.write(run, data)
+    assert "a new generation" in (run / "report.html").read_text()
+    assert json.loads((run / "report.json").read_text())["warnings"] == ["a new generation"]
+    assert len(list(run.glob(".report-*"))) == 1  # older generations are removed
+
+
+def test_a_full_disk_is_one_error_line(box, finished, tiny_checkpoint, data_dirs, monkeypatch, capsys):
+    import errno
+
+    from compress import pipeline
+
+    work, _ = box
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "o" / "variants" / "fp32" / "model.onnx"))
+
+    monkeypatch.setattr(pipeline.Pipeline, "export", full)
+    code = main(tiny_run(tiny_checkpoint, data_dirs, work / "o", variants="fp32"))
+    error_line(capsys, code, "no space left on the device writing")
+
+
 def test_a_second_run_into_the_same_folder_is_told_who_holds_it(box, finished, tiny_checkpoint, data_dirs, capsys):
     from compress.rundir import RunDir
 

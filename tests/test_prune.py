@@ -73,6 +73,7 @@ def test_bn_recalibration_restores_accuracy(tiny_model, data_dirs):
     assert accuracy(net, data_dirs["eval"]) >= before + 0.15  # unlabelled images only
 
 
+@pytest.mark.slow
 def test_distillation_moves_the_student_toward_the_teacher(tiny_model, data_dirs):
     net = copy.deepcopy(tiny_model)
     prune.channels(net, 0.5, 32, round_to=4)
@@ -95,6 +96,7 @@ def test_24_masks(tiny_model):
     assert prune.is_24_sparse(np.array([[[[1.0]], [[0.0]], [[2.0]], [[0.0]]]]).reshape(1, 4, 1, 1))
 
 
+@pytest.mark.slow
 def test_24_survives_export_and_qdq(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--prune-ratios", "0.5", "--method", "l1",
@@ -177,6 +179,7 @@ def test_reconstruction_beats_bn_re_estimation_at_the_same_macs(tiny_model, data
         assert torch.equal(again(x), rebuilt(x))
 
 
+@pytest.mark.slow
 def test_pnn_means_fewer_macs_and_reconstruction_is_the_default(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--round-to", "4", variants="p15,p15-int8-cpu")) == 0

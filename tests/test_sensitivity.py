@@ -121,6 +121,7 @@ def test_compare_metrics():
     assert other["kl"] > 0 and other["agreement"] == 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget,text", [
     (["--max-top1-drop", "2"], "top-1 at most 2.0 points below FP32"),
     (["--min-agreement", "0.95"], "agreement at least 95.0%"),

@@ -27,6 +27,7 @@ def test_latency_on_cpu(tiny_model):
         torch_backend.latency(tiny_model, 1, 32, mode="int4", device="cpu")
 
 
+@pytest.mark.slow
 def test_benchmark_script_runs_without_gpu(tmp_path):
     out = tmp_path / "torch.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "torch_gpu.py"), "--device", "cpu", "--arch",
