@@ -57,7 +57,9 @@ def stage_seconds(run: Path) -> dict[str, float]:
 
 
 def one(model: str, calib: Path, limit: int, tmp: Path) -> dict:
-    run = tmp / f"run-{limit}"
+    run = ROOT / "runs" / "pipeline-cost" / f"calib-{limit}"  # kept: each row's report can be opened
+    if run.exists():
+        shutil.rmtree(run)
     cmd = [sys.executable, "-m", "compress", "run", "--model", model, "--arch", "resnet50-v1",
            "--data", str(REF / "imagenet-val"), "--calib", str(calib), "--calib-limit", str(limit),
            "--out", str(run), "--variants", "fp32,int8,int8-cpu"]

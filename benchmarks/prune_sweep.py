@@ -47,7 +47,9 @@ def main() -> None:
         "energy through the consumer's weights, each block re-fitted by ridge least squares to the FP32 "
         "activations; l1: Torch-Pruning L1 over every channel group, then BatchNorm statistics re-estimated. "
         "Counts multiples of 8, stem and classifier kept, no fine-tuning. Latency: batch 1, p50 over interleaved "
-        "rounds; speedup against FP32 in the same run. GMACs as Torch-Pruning counts every op; l1 aims at the same target by that count in 20 iterative steps and overshoots, so compare the two methods at equal speedup rather than equal name.",
+        "rounds; speedup against FP32 in the same run. GMACs as Torch-Pruning counts every op; l1 aims at the same "
+        "target by that count in 20 iterative steps and overshoots, so compare the two methods at equal speedup "
+        "rather than equal name.",
         f"Command: `python benchmarks/prune_sweep.py --ratios {a.ratios} --methods {a.methods}` (runs "
         + ", ".join(f"[{names[m]}]({names[m]}.md)" for m in runs) + ").",
         "",

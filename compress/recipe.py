@@ -43,7 +43,7 @@ class PruneSpec:
     over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`)."""
 
     method: str = "reconstruct"
-    reconstruction_images: int = 128
+    reconstruction_images: int = 512
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True
