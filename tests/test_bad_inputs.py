@@ -448,3 +448,24 @@ def test_kill_9_then_rerun_gives_the_same_report(box, finished, tiny_checkpoint,
     for name in ("fp32", "int8", "int8-cpu"):
         a, b = (d / "variants" / name / "model.onnx" for d in (finished, out))
         assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_changed_external_weights_redo_the_stage(box, tiny_onnx, data_dirs, capsys):
+    """An ONNX model whose weights live beside it: the weights file is an input of the stage like the model."""
+    work, _ = box
+    model = onnx.load(str(tiny_onnx))
+    onnx.save(model, str(work / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.weights", size_threshold=0)
+    args = ["run", "--model", str(work / "m.onnx"), "--data", str(data_dirs["eval"]), "--out", str(work / "o"),
+            "--variants", "fp32", "--crop", "32", "--resize", "36", "--backends", "onnxruntime-cpu", "--rounds", "1",
+            "--latency-runs", "2"]
+    assert main(args) == 0
+    digest = json.loads((work / "o" / "variants" / "fp32" / "stage.json").read_text())["sha256"]["model.onnx"]
+    assert main(args) == 0 and "fp32: reused" in capsys.readouterr().err
+    weights = bytearray((work / "m.weights").read_bytes())
+    weights[:4096] = bytes(4096)  # the first layers' weights zeroed: the same model file, other weights
+    (work / "m.weights").write_bytes(bytes(weights))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "fp32: built" in err and "fp32: accuracy on onnxruntime-cpu measured" in err
+    assert json.loads((work / "o" / "variants" / "fp32" / "stage.json").read_text())["sha256"]["model.onnx"] != digest
