@@ -97,6 +97,15 @@ def build_one(run_dir: Path, engine_dir: Path, p: BuildPlan, device: Device, cac
     return engine
 
 
+ROUNDS = 5
+
+
+def spread(times_ms: list[float], rounds: int = ROUNDS) -> list[float]:
+    """Lowest and highest median of `rounds` consecutive groups of timed runs: how steady the GPU was."""
+    medians = [float(np.median(g)) for g in np.array_split(np.asarray(times_ms), rounds) if len(g)]
+    return [min(medians), max(medians)]
+
+
 def load_engine(engine: Path, device: Device) -> bytes:
     """The engine's bytes, refused if its sidecar names another device or TensorRT version."""
     side_path = engine.with_suffix(".json")
@@ -134,13 +143,14 @@ def measure_engine(run: RunDir, engine: Path, pre, recipe: dict, batch: int, run
         "variant": side["variant"], "engine": engine.name, "backend": f"tensorrt-{device.key}",
         "precision": side["precision"], "target": "tensorrt",
         "latency_ms": measure.percentiles(plain), "batch_size": 1, "throughput_batch": batch,
+        "latency_spread_ms": spread(plain), "rounds": ROUNDS,
         "throughput_ips": batch * 1000.0 / batch_ms, "peak_rss_bytes": None,
         "extra": {"dla_core": side["build"]["dla_core"], "latency_ms_cuda_graph": measure.percentiles(graphed),
                   "copies_ms": copies, "engine_bytes": side["engine_bytes"],
                   "activation_bytes": one.activation_bytes, "device_memory_delta_bytes": one.device_memory_delta},
         "file_bytes": side["engine_bytes"], "onnx": f"variants/{side['variant']}/{side['source_onnx']}",
         "latency_method": "CUDA events around execute_async_v3 on one stream, after warm-up; host-device copies "
-                          "timed separately (copies_ms)",
+                          "timed separately (copies_ms); spread over 5 consecutive groups of runs",
         "accuracy_method": "TensorRT engine on this GPU",
     }
     folder = evaluation_folder(run.root, recipe)

@@ -140,3 +140,10 @@ def test_doctor_lists_every_backend(capsys):
     assert all(line.split()[1] in ("yes", "no") for line in out)
     usable = {line.split()[0]: line.split()[1] == "yes" for line in out}
     assert usable["onnxruntime-cpu"] and usable["torch-cpu"] and usable["torch"]  # installed by the dev extra
+
+
+def test_engine_latency_has_its_spread():
+    from compress.build import spread
+
+    assert spread([1.0] * 10 + [3.0] * 10, rounds=2) == [1.0, 3.0]
+    assert spread([2.0, 2.0, 2.0], rounds=5) == [2.0, 2.0]  # fewer runs than groups: no empty group
