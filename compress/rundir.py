@@ -11,7 +11,8 @@ that runs the pipeline, the GPU that builds engines and the Jetson that receives
       variants/<name>/stage.json        how it was made: inputs' digests, parity, calibration facts
       results/<backend>/<name>/         one measurement of a variant on a backend (stage.json, top5.npy)
       engines/<device key>/             TensorRT engines, never copied between machines
-      report.{json,md,csv,html}, *.png  the report, replaced as a set
+      report.{json,md,csv,html}, *.png  the report: links through .report to the current .report-*/ folder,
+                                        switched atomically, so the files are replaced as a set
 
 Everything read from a run directory is untrusted (it travels between machines): variant names are checked
 against the grammar before they become paths, and results are checked against the `Result` schema.

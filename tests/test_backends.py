@@ -77,7 +77,7 @@ def test_latency_rounds_interleave_variants(monkeypatch):
 @pytest.mark.slow
 def test_torch_cpu_rows_in_the_report(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    args = tiny_run(tiny_checkpoint, data_dirs, out, variants="p50")
+    args = tiny_run(tiny_checkpoint, data_dirs, out, "--method", "l1", variants="p50")
     args[args.index("onnxruntime-cpu")] = "onnxruntime-cpu,torch-cpu"
     assert main(args) == 0
     capsys.readouterr()

@@ -29,7 +29,10 @@ def test_reference_resnet50_v1_short_run(tmp_path, capsys):
     capsys.readouterr()
     assert code == 0
     data = json.loads((out / "report.json").read_text())
-    fp32, int8 = data["results"]
+    rows = {(r["variant"], r["backend"]): r for r in data["results"]}
+    assert set(rows) == {("fp32", "onnxruntime-cpu"), ("int8", "onnxruntime-cpu"), ("fp32", "torch-cpu")}
+    fp32, int8 = rows[("fp32", "onnxruntime-cpu")], rows[("int8", "onnxruntime-cpu")]
+    assert rows[("fp32", "torch-cpu")]["agreement"] >= 0.97  # PyTorch eager and onnxruntime on the same weights
     assert fp32["build"]["parity"]["relative"] < 1e-4
     assert fp32["images"] == 48 and fp32["top1"] >= 0.6  # these weights score about 80% on these images
     assert int8["agreement"] >= 0.85  # 32 calibration images only: a smoke test, not the benchmark
