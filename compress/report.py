@@ -172,42 +172,35 @@ def latency_text(r: dict) -> str:
     return f"{p50:.2f} ({spread[0]:.2f}–{spread[1]:.2f})" if spread else f"{p50:.2f}"
 
 
-# The first screen: what a user compares; every other figure is in FULL and the CSV/JSON.
-SUMMARY = [
-    ("variant", label),
-    ("runtime", lambda r: r["backend"]),
-    ("for", lambda r: r["target"]),
-    ("top-1 %", lambda r: f"{100 * r['top1']:.2f}"),
-    ("Δ pts", lambda r: f"{r['top1_delta']:+.2f}"),
-    ("agree %", lambda r: f"{100 * r['agreement']:.1f}"),
-    ("flips", lambda r: f"{r['flips']}"),
-    ("p50 ms (round spread)", latency_text),
-    ("speedup", lambda r: f"{r['speedup']:.2f}x"),
-    ("file MB", lambda r: f"{r['file_bytes'] / 1e6:.1f}"),
-    ("front", lambda r: "★" if r["pareto"] else ""),
-]
-
-COLUMNS = [
-    ("variant", label),
-    ("backend", lambda r: r["backend"]),
-    ("target", lambda r: r["target"]),
-    ("top1 %", lambda r: f"{100 * r['top1']:.2f}"),
-    ("Δtop1 pts", lambda r: f"{r['top1_delta']:+.2f}"),
-    ("top5 %", lambda r: f"{100 * r['top5']:.2f}"),
-    ("agree %", lambda r: f"{100 * r['agreement']:.1f}"),
-    ("flips (→wrong/→right)", lambda r: f"{r['flips']} ({r['flips_to_wrong']}/{r['flips_to_right']})"),
-    ("p50 ms (round spread)", latency_text),
-    ("p90 ms", lambda r: f"{r['latency_ms']['p90']:.2f}"),
-    ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.2f}"),
-    ("speedup", lambda r: f"{r['speedup']:.2f}x"),
-    ("img/s", lambda r: f"{r['throughput_ips']:.1f} @b{r['throughput_batch']}"),
-    ("params M", lambda r: f"{r['params'] / 1e6:.2f}"),
-    ("GMACs", lambda r: f"{r['macs'] / 1e9:.2f}"),
-    ("recovery", lambda r: recovery(r)),
-    ("file MB", lambda r: f"{r['file_bytes'] / 1e6:.1f}"),
-    ("peak RSS MB", lambda r: f"{r['peak_rss_bytes'] / 1e6:.0f}"),
-    ("Pareto", lambda r: "★" if r["pareto"] else ""),
-]
+# Every cell the tables can show, by column title.
+CELLS = {
+    "variant": label,
+    "runtime": lambda r: r["backend"],
+    "for": lambda r: r["target"],
+    "top-1 %": lambda r: f"{100 * r['top1']:.2f}",
+    "Δ pts": lambda r: f"{r['top1_delta']:+.2f}",
+    "top-5 %": lambda r: f"{100 * r['top5']:.2f}",
+    "agree %": lambda r: f"{100 * r['agreement']:.1f}",
+    "flips": lambda r: f"{r['flips']}",
+    "flips (→wrong/→right)": lambda r: f"{r['flips']} ({r['flips_to_wrong']}/{r['flips_to_right']})",
+    "p50 ms (round spread)": latency_text,
+    "p90 ms": lambda r: f"{r['latency_ms']['p90']:.2f}",
+    "p99 ms": lambda r: f"{r['latency_ms']['p99']:.2f}",
+    "speedup": lambda r: f"{r['speedup']:.2f}x",
+    "img/s": lambda r: f"{r['throughput_ips']:.1f} @b{r['throughput_batch']}",
+    "params M": lambda r: f"{r['params'] / 1e6:.2f}",
+    "GMACs": lambda r: f"{r['macs'] / 1e9:.2f}",
+    "recovery": lambda r: recovery(r),
+    "file MB": lambda r: f"{r['file_bytes'] / 1e6:.1f}",
+    "peak RSS MB": lambda r: f"{r['peak_rss_bytes'] / 1e6:.0f}",
+    "front": lambda r: "★" if r["pareto"] else "",
+}
+# The first screen: what a user compares. Every figure is in COLUMNS, the CSV and the JSON.
+SUMMARY = [(c, CELLS[c]) for c in ("variant", "runtime", "for", "top-1 %", "Δ pts", "agree %", "flips",
+                                   "p50 ms (round spread)", "speedup", "file MB", "front")]
+COLUMNS = [(c, CELLS[c]) for c in ("variant", "runtime", "for", "top-1 %", "Δ pts", "top-5 %", "agree %",
+                                   "flips (→wrong/→right)", "p50 ms (round spread)", "p90 ms", "p99 ms", "speedup",
+                                   "img/s", "params M", "GMACs", "recovery", "file MB", "peak RSS MB", "front")]
 
 
 def spread_warnings(data: dict) -> list[str]:
