@@ -44,35 +44,21 @@ def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32,
 def _build(run: RunDir, device: Device, precisions: tuple[str, ...], max_batch: int, workspace_mib: int | None,
            timing_cache: str | Path | None, dla_core: int | None, gpu_fallback: bool, runs: int) -> list[dict]:
     found = [v for v in run.variants() if engine_precisions(v["precision"])]
-    crops = {v["preprocess"].crop for v in found}
-    if len(crops) != 1:
-        raise UserError(f"the variants of {run.root} were made for different crops ({sorted(crops)})",
-                        "rerun 'compress run' into a fresh --out")
-    crop = crops.pop()
+    crop = run.crop(found)
     where = (dla_core,) if dla_core is not None else (None,)
     plans = plans_for(found, device.tensorrt_major, precisions, Profile("input", (3, crop, crop), 1, 1, max_batch),
                       where, gpu_fallback, workspace_mib)
     engine_dir = run.engines(device.key)
     cache = Path(timing_cache) if timing_cache else engine_dir / "timing.cache"
-    recipe = _recipe(run)
     pre = {v["name"]: v["preprocess"] for v in found}
     rows = []
     for p in plans:
         engine = build_one(run.root, engine_dir, p, device, cache)
-        rows.append(measure_engine(run, engine, pre[p.variant], recipe, max_batch, runs))
+        rows.append(measure_engine(run, engine, pre[p.variant], max_batch, runs))
     from compress import report
 
     report.merge(run.root, rows)
     return rows
-
-
-def _recipe(run: RunDir) -> dict:
-    """Where the run's evaluation images were (provenance only; preprocessing comes from each variant)."""
-    try:
-        recipe = read_json(run.recipe)
-    except (OSError, ValueError):
-        return {}
-    return recipe if isinstance(recipe, dict) else {}
 
 
 def build_one(run_dir: Path, engine_dir: Path, p: BuildPlan, device: Device, cache: Path) -> Path:
@@ -115,16 +101,17 @@ def load_engine(engine: Path, device: Device) -> bytes:
     return engine.read_bytes()
 
 
-def evaluation_folder(run_dir: Path, recipe: dict) -> Path | None:
-    """Images to measure accuracy on: a bundle's own copy, else the run's --data folder."""
-    bundled = run_dir / "eval"
+def evaluation_images(run: RunDir) -> tuple[Path | None, int | None]:
+    """Images to measure accuracy on, and how many: a bundle's own copy (all of it), else the run's --data folder
+    with its --eval-limit."""
+    bundled = run.root / "eval"
     if (bundled / "labels.txt").exists():
-        return bundled
-    data = recipe.get("data")
-    return Path(data) if data and Path(data).is_dir() else None
+        return bundled, None
+    data, limit = run.evaluation()
+    return (data, limit) if data is not None and data.is_dir() else (None, None)
 
 
-def measure_engine(run: RunDir, engine: Path, pre, recipe: dict, batch: int, runs: int) -> dict:
+def measure_engine(run: RunDir, engine: Path, pre, batch: int, runs: int) -> dict:
     """GPU latency by CUDA events (CUDA graph off and on), copies apart, throughput, memory and accuracy."""
     import calibration
     from compress import measure
@@ -153,11 +140,10 @@ def measure_engine(run: RunDir, engine: Path, pre, recipe: dict, batch: int, run
                           "timed separately (copies_ms); spread over 5 consecutive groups of runs",
         "accuracy_method": "TensorRT engine on this GPU",
     }
-    folder = evaluation_folder(run.root, recipe)
+    folder, limit = evaluation_images(run)
     if folder is None:
         row["extra"]["accuracy_note"] = "no evaluation images here"
         return row
-    limit = (recipe.get("measure") or {}).get("eval_limit") if folder != run.root / "eval" else None
     images = calibration.load(folder, pre, limit, run.cache)
     logits = []
     for x, _ in images.batches(pre, batch):

@@ -19,7 +19,7 @@ from compress import __version__
 from compress.engine import PRECISIONS, BuildPlan, Profile, plan, trtexec_command
 from compress.errors import UserError
 from compress.rundir import FORMAT, RunDir
-from compress.store import atomic_path, read_json, sha256_file, write_json, write_text
+from compress.store import atomic_path, sha256_file, write_json, write_text
 
 
 def profiles() -> dict[str, dict]:
@@ -63,16 +63,7 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     run = RunDir(run_dir).check()
     prof = profile(target)
     found = [v for v in run.variants() if engine_precisions(v["precision"])]  # int8-cpu is not for TensorRT
-    crops = {v["preprocess"].crop for v in found}
-    if len(crops) != 1:
-        raise UserError(f"the variants of {run.root} were made for different crops ({sorted(crops)})",
-                        "rerun 'compress run' into a fresh --out")
-    crop = crops.pop()
-    try:
-        recipe = read_json(run.recipe)
-    except (OSError, ValueError):
-        recipe = {}
-    recipe = recipe if isinstance(recipe, dict) else {}
+    crop = run.crop(found)
     wanted = tuple(p for p in precisions if p in prof["precisions"])
     profile_ = Profile("input", (3, crop, crop), 1, 1, max_batch)
     plans = plans_for(found, prof["tensorrt_major"], wanted, profile_, (None, 0) if prof["dla_cores"] else (None,),
@@ -84,12 +75,12 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out_dir))  # one per bundle call
     try:
-        return _write(stage, name, target, prof, found, plans, recipe, wanted, out_dir, max_batch, eval_images)
+        return _write(run, stage, name, target, prof, found, plans, wanted, out_dir, max_batch, eval_images)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write(stage: Path, name: str, target: str, prof: dict, found: list[dict], plans: list[BuildPlan], recipe: dict,
+def _write(run: RunDir, stage: Path, name: str, target: str, prof: dict, found: list[dict], plans: list[BuildPlan],
            wanted: tuple[str, ...], out_dir: Path, max_batch: int, eval_images: bool) -> Path:
     """The bundle's files under `stage`, then the archive in `out_dir`."""
     root = stage / name
@@ -98,10 +89,11 @@ def _write(stage: Path, name: str, target: str, prof: dict, found: list[dict], p
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(v["path"], dst)
     write_json(root / "run.json", {"format": FORMAT, "compress": __version__})
+    recipe = run.recorded()
     write_json(root / "recipe.json", {k: recipe[k] for k in ("preprocess", "arch", "variants") if k in recipe})
-    if isinstance(recipe.get("data"), str):
-        limit = (recipe.get("measure") or {}).get("eval_limit")
-        _evaluation(root, Path(recipe["data"]), limit if isinstance(limit, int) else None, eval_images)
+    data, limit = run.evaluation()
+    if data is not None:
+        _evaluation(root, data, limit, eval_images)
 
     commands = []
     for p in plans:

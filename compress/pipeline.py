@@ -70,6 +70,7 @@ class Pipeline:
         self.records: dict[str, dict] = {}
         self.warnings: list[str] = []
         self._images: dict[str, calibration.ImageSet] = {}
+        self._envs: dict[str, dict] = {}
         self._torch = None
 
     # -- inputs -------------------------------------------------------------------------------------------
@@ -262,13 +263,18 @@ class Pipeline:
             if not runnable:
                 continue
             timing = self.latency(backend, [info for _, info, _ in runnable])
-            env = backend.describe()
             for v, info, how in runnable:
                 pred5 = self.accuracy(backend, v, info, evaluation)
-                row = self.result(v, backend.name, how, timing[v.name], env)
+                row = self.result(v, backend.name, how, timing[v.name], self.env(backend))
                 rows.append(row)
                 preds[(v.name, backend.name)] = pred5
         return rows, preds
+
+    def env(self, backend) -> dict:
+        """The backend's device and versions, asked once per run (a stage key and every row carry them)."""
+        if backend.name not in self._envs:
+            self._envs[backend.name] = backend.describe()
+        return self._envs[backend.name]
 
     def file(self, v: Variant) -> dict:
         return {"name": v.name, "precision": v.precision, "path": self.run_dir.onnx(v.name), "crop": self.pre.crop}
@@ -279,7 +285,7 @@ class Pipeline:
         from compress.measure import top5
 
         how = {k: x for k, x in backend.runs(info).items() if k != "file"}
-        key = {"onnx": self.digest(v.name), "images": evaluation.key, "backend": backend.describe(), "how": how,
+        key = {"onnx": self.digest(v.name), "images": evaluation.key, "backend": self.env(backend), "how": how,
                "compress": __version__}
         if backend.name.startswith("torch"):
             key["torch_model"] = self.records[v.name]["sha256"].get("model.pt")
@@ -315,7 +321,7 @@ class Pipeline:
         from compress import backends
 
         m = self.spec.measure
-        key = {"files": {f["name"]: self.digest(f["name"]) for f in files}, "backend": backend.describe(),
+        key = {"files": {f["name"]: self.digest(f["name"]) for f in files}, "backend": self.env(backend),
                "runs": m.latency_runs, "rounds": m.rounds, "batch": m.throughput_batch, "threads": m.threads,
                "compress": __version__}
 
@@ -430,7 +436,6 @@ class Pipeline:
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self) -> dict:
-
         with self.run_dir.create().lock():
             return self._run()
 

@@ -49,9 +49,8 @@ def inner_counts(model, fraction: float, round_to: int) -> list[tuple[int, int]]
     return [(keep(b.conv1.out_channels), keep(b.conv2.out_channels)) for b in blocks(model)]
 
 
-def macs(model, crop: int, counts: list[tuple[int, int]] | None = None) -> int:
-    """Conv and linear MACs at batch 1 of `model`, or of it with each block's inner channels cut to `counts`
-    (what pNN counts; the report's MACs are Torch-Pruning's count of every op)."""
+def _output_sizes(model, crop: int) -> dict:
+    """Each conv's output positions (H x W) at this crop: one forward pass."""
     torch = require("torch")
     sizes: dict = {}
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2] * o.shape[3]))
@@ -60,6 +59,15 @@ def macs(model, crop: int, counts: list[tuple[int, int]] | None = None) -> int:
         model.eval()(torch.zeros(1, 3, crop, crop))
     for h in hooks:
         h.remove()
+    return sizes
+
+
+def macs(model, crop: int, counts: list[tuple[int, int]] | None = None, sizes: dict | None = None) -> int:
+    """Conv and linear MACs at batch 1 of `model`, or of it with each block's inner channels cut to `counts`
+    (what pNN counts; the report's MACs are Torch-Pruning's count of every op). `sizes`: `_output_sizes`, when
+    the caller counts many cuts of one model."""
+    torch = require("torch")
+    sizes = sizes if sizes is not None else _output_sizes(model, crop)
     cut = {}
     for b, (k1, k2) in zip(blocks(model), counts or []):
         cut[b.conv1] = (b.conv1.in_channels, k1)
@@ -75,16 +83,17 @@ def macs(model, crop: int, counts: list[tuple[int, int]] | None = None) -> int:
 
 def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float:
     """The inner-channel fraction whose pruned model has `mac_reduction` fewer MACs (0.3: 30% fewer)."""
-    full = macs(model, crop)
+    sizes = _output_sizes(model, crop)  # shapes do not change with the cut: one forward pass for the search
+    full = macs(model, crop, sizes=sizes)
     target = (1 - mac_reduction) * full
     low, high = 0.0, 0.95
-    most = 1 - macs(model, crop, inner_counts(model, high, round_to)) / full
+    most = 1 - macs(model, crop, inner_counts(model, high, round_to), sizes) / full
     if most < mac_reduction:
         raise UserError(f"pruning inner channels cannot remove {100 * mac_reduction:.0f}% of this model's MACs",
                         f"ask for at most p{int(100 * most)}, or use --method l1")
     for _ in range(30):
         mid = (low + high) / 2
-        if macs(model, crop, inner_counts(model, mid, round_to)) > target:
+        if macs(model, crop, inner_counts(model, mid, round_to), sizes) > target:
             low = mid
         else:
             high = mid
@@ -160,17 +169,23 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
     (w1, b1), (w2, b2), (w3, b3) = _fold(tb.conv1, tb.bn1), _fold(tb.conv2, tb.bn2), _fold(tb.conv3, tb.bn3)
     ds = tb.downsample
 
-    def fp(xs):  # the FP32 block, pre-activations kept
+    def shortcut(xs):
+        return ds(xs) if ds is not None else xs
+
+    def fp(xs, depth: int = 3):  # the FP32 block's pre-activations, only as deep as asked
         a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
+        if depth == 1:
+            return (a1,)
         a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
-        a3 = F.conv2d(a2.relu(), w3, b3)
-        return a1, a2, a3, (ds(xs) if ds is not None else xs)
+        if depth == 2:
+            return a1, a2
+        return a1, a2, F.conv2d(a2.relu(), w3, b3), shortcut(xs)
 
     # which channels: activation energy through the consumer's weights, on the FP32 network
     e1 = torch.zeros(w1.shape[0], dtype=torch.float64)
     e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
     for i in range(0, len(x_fp), chunk):
-        a1, a2, _, _ = fp(x_fp[i:i + chunk])
+        a1, a2 = fp(x_fp[i:i + chunk], 2)
         e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
         e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
     keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
@@ -199,11 +214,8 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
     def r2(i):
         return F.conv2d(r1(i), conv2.weight, bias2, conv2.stride, conv2.padding).relu()
 
-    def shortcut(xs):
-        return ds(xs) if ds is not None else xs
-
-    bias1 = fit(conv1, lambda i: x_pr[i:i + chunk], lambda i: fp(x_fp[i:i + chunk])[0][:, keep1])
-    bias2 = fit(conv2, r1, lambda i: fp(x_fp[i:i + chunk])[1][:, keep2])
+    bias1 = fit(conv1, lambda i: x_pr[i:i + chunk], lambda i: fp(x_fp[i:i + chunk], 1)[0][:, keep1])
+    bias2 = fit(conv2, r1, lambda i: fp(x_fp[i:i + chunk], 2)[1][:, keep2])
 
     def target3(i):
         _, _, a3, idf = fp(x_fp[i:i + chunk])
@@ -231,15 +243,3 @@ def _identity_bn(bias):
     bn.weight.data.fill_(1.0)
     bn.bias.data.copy_(bias)
     return bn
-
-
-def agreement(model, reference, images, preprocess, chunk: int = 32) -> float:
-    """Share of images whose top-1 under `model` equals `reference`'s."""
-    torch = require("torch")
-    same = 0
-    with torch.no_grad():
-        for xb, _ in images.batches(preprocess, chunk):
-            x = torch.from_numpy(xb)
-            same += int((model(x).argmax(1) == reference(x).argmax(1)).sum())
-    return same / len(images)
-

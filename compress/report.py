@@ -100,8 +100,7 @@ def mark_pareto(results: list[dict]) -> None:
 
 
 def budget_of(data: dict) -> Budget:
-    b = data.get("recipe", {}).get("budget") or {}
-    return Budget(b.get("max_top1_drop"), b.get("min_agreement"))
+    return Budget.from_dict(data.get("recipe", {}).get("budget"))
 
 
 def over_budget(data: dict, budget: Budget) -> list[tuple[str, float, float]]:
@@ -271,9 +270,9 @@ def notes(data: dict) -> list[str]:
                  "rounds of a fresh process that loaded the model and ran batch 1 (the runtime included).")
     for r in data["results"]:
         if r.get("fallback") and r["fallback"].get("kept") is not None:
-            fb = r["fallback"]
+            fb, budget = r["fallback"], Budget.from_dict(r["fallback"].get("budget"))
             lines.append(f"`{r['variant']}` keeps {len(fb['kept'])} layer(s) out of INT8 to stay within "
-                         f"the budget ({budget_text(fb['budget'])}; here {-r['top1_delta']:.2f} points below FP32, "
+                         f"the budget ({budget.text()}; here {-r['top1_delta']:.2f} points below FP32, "
                          f"{100 * r['agreement']:.1f}% agreement): "
                          + ", ".join(f"`{k}`" for k in fb["kept"])
                          + f". Sensitivity ranked on {fb.get('ranked_on')} images: {sensitivity_plot(r)}. "
@@ -418,15 +417,6 @@ def tried_text(tried: dict) -> str:
     """The mixes a fallback search evaluated: layers kept out of INT8 -> top-1 change and agreement."""
     return "; ".join(f"{k} layer(s): top-1 {-m['top1_drop']:+.2f} points, {100 * m['agreement']:.1f}% agreement"
                      for k, m in sorted(tried.items(), key=lambda kv: int(kv[0])))
-
-
-def budget_text(budget: dict) -> str:
-    parts = []
-    if budget.get("max_top1_drop") is not None:
-        parts.append(f"top-1 at most {budget['max_top1_drop']} points below FP32")
-    if budget.get("min_agreement") is not None:
-        parts.append(f"agreement at least {100 * budget['min_agreement']:.1f}%")
-    return ", ".join(parts)
 
 
 def sensitivity_plot(r: dict) -> str:

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.quantize import FORMATS
 
 FORMAT = 1  # bump when the layout changes; `RunDir.open` refuses a layout it does not know
 
-PRECISIONS = ("fp32", "int8", "int8-cpu")  # int8: TensorRT Q/DQ; int8-cpu: onnxruntime CPU
-TARGETS = {"fp32": "any", "int8": "tensorrt", "int8-cpu": "onnxruntime-cpu"}  # the runtime each file is made for
+# the runtime each precision's file is made for: float files run anywhere, each INT8 format on its own runtime
+TARGETS = {"fp32": "any", **{name: f.target for name, f in FORMATS.items()}}
 _VARIANT = re.compile(r"^(?:(?P<prune>p\d{1,2}|s24)(?:-|$))?(?P<precision>fp32|int8-cpu|int8)?(?P<mixed>-mixed)?$")
 
 
@@ -311,6 +312,30 @@ class RunDir:
         return self
 
     # -- contents -----------------------------------------------------------------------------------------
+    def recorded(self) -> dict:
+        """The last run's options (recipe.json): provenance only, read as untrusted; {} when unreadable."""
+        try:
+            recipe = json.loads(self.recipe.read_text())
+        except (OSError, ValueError):
+            return {}
+        return recipe if isinstance(recipe, dict) else {}
+
+    def evaluation(self) -> tuple[Path | None, int | None]:
+        """The evaluation folder and image limit the last run recorded, each None unless of the right type."""
+        recipe = self.recorded()
+        data, measure = recipe.get("data"), recipe.get("measure")
+        limit = measure.get("eval_limit") if isinstance(measure, dict) else None
+        return (Path(data) if isinstance(data, str) and data else None,
+                limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None)
+
+    def crop(self, variants: list[dict]) -> int:
+        """The one input size the variants were made for (from their own preprocessing)."""
+        crops = {v["preprocess"].crop for v in variants}
+        if len(crops) != 1:
+            raise UserError(f"the variants of {self.root} were made for different crops ({sorted(crops)})",
+                            "rerun 'compress run' into a fresh --out")
+        return crops.pop()
+
     def variants(self) -> list[dict]:
         """The ONNX variants present, with precision, sparsity and preprocessing read from each file's metadata."""
         from compress.export import metadata

@@ -167,6 +167,12 @@ class Budget:
     def __bool__(self) -> bool:
         return self.max_top1_drop is not None or self.min_agreement is not None
 
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Budget:
+        """A budget as recorded in a report or a search (keys may be missing)."""
+        d = d if isinstance(d, dict) else {}
+        return cls(d.get("max_top1_drop"), d.get("min_agreement"))
+
     def excess(self, top1_drop: float, agreement: float) -> float:
         """How far over budget, in points of top-1 or of agreement (<= 0: within; exactly on it is within)."""
         over = max(top1_drop - self.max_top1_drop if self.max_top1_drop is not None else -np.inf,

@@ -328,9 +328,10 @@ def test_damaged_records_and_layouts(box, finished, tiny_checkpoint, data_dirs, 
     assert main(tiny_run(tiny_checkpoint, data_dirs, run)) == 0
     assert "int8: built" in capsys.readouterr().err
     assert not list(run.rglob("*.part"))
-    (run / "recipe.json").write_text("not json")
-    assert main(["bundle", str(run), "--target", "orin-nano", "--out", str(work)]) == 0
-    capsys.readouterr()
+    for recipe in ("not json", '{"data": 5, "measure": {"eval_limit": "all"}, "preprocess": null}'):
+        (run / "recipe.json").write_text(recipe)  # provenance only: a bundle is still made, with no image list
+        assert main(["bundle", str(run), "--target", "orin-nano", "--out", str(work)]) == 0
+        capsys.readouterr()
     (run / "run.json").write_text('{"format": 99}')
     error_line(capsys, main(["report", str(run)]), "layout 99")
     error_line(capsys, main(["bundle", str(run), "--target", "orin-nano"]), "layout 99")

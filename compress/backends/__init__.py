@@ -42,7 +42,7 @@ class Backend:
 
     def runs(self, variant: dict) -> dict | None:
         """For a variant (`RunDir.variants` entry) this backend can execute: {"precision", "accuracy_method",
-        "latency_method"}; None when it cannot."""
+        "latency_method", "file" (what it loads)}; None when it cannot."""
         raise NotImplementedError
 
     def open(self, variant: dict, for_accuracy: bool, threads: int | None = None) -> Session:
