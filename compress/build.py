@@ -25,7 +25,9 @@ def log(message: str) -> None:
 
 def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32, workspace_mib: int | None = None,
           timing_cache: str | Path | None = None, dla_core: int | None = None, gpu_fallback: bool = False,
-          runs: int = 200) -> list[dict]:
+          runs: int = 200, data: str | Path | None = None) -> list[dict]:
+    """Build and measure every engine; accuracy on `data` (the run's evaluation folder, named again here) or on
+    a bundle's own copy of its images."""
     from compress.backends import tensorrt as trt
 
     run = RunDir(run_dir).check()
@@ -38,11 +40,13 @@ def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32,
         raise UserError(f"TensorRT {device.tensorrt} is not supported by compress build",
                         "use TensorRT 10 or 11, or the trtexec lines of 'compress bundle'")
     with run.lock():
-        return _build(run, device, precisions, max_batch, workspace_mib, timing_cache, dla_core, gpu_fallback, runs)
+        return _build(run, device, precisions, max_batch, workspace_mib, timing_cache, dla_core, gpu_fallback, runs,
+                      data)
 
 
 def _build(run: RunDir, device: Device, precisions: tuple[str, ...], max_batch: int, workspace_mib: int | None,
-           timing_cache: str | Path | None, dla_core: int | None, gpu_fallback: bool, runs: int) -> list[dict]:
+           timing_cache: str | Path | None, dla_core: int | None, gpu_fallback: bool, runs: int,
+           data: str | Path | None) -> list[dict]:
     found = [v for v in run.variants() if engine_precisions(v["precision"])]
     crop = run.crop(found)
     where = (dla_core,) if dla_core is not None else (None,)
@@ -54,7 +58,7 @@ def _build(run: RunDir, device: Device, precisions: tuple[str, ...], max_batch: 
     rows = []
     for p in plans:
         engine = build_one(run.root, engine_dir, p, device, cache)
-        rows.append(measure_engine(run, engine, pre[p.variant], max_batch, runs))
+        rows.append(measure_engine(run, engine, pre[p.variant], max_batch, runs, data))
     from compress import report
 
     report.merge(run.root, rows)
@@ -101,17 +105,16 @@ def load_engine(engine: Path, device: Device) -> bytes:
     return engine.read_bytes()
 
 
-def evaluation_images(run: RunDir) -> tuple[Path | None, int | None]:
-    """Images to measure accuracy on, and how many: a bundle's own copy (all of it), else the run's --data folder
-    with its --eval-limit."""
+def evaluation_images(run: RunDir, data: str | Path | None) -> tuple[Path | None, int | None]:
+    """Images to measure accuracy on, and how many: the folder named by --data (with the run's --eval-limit, so
+    the images are the run's), else a bundle's own copy, else none."""
+    if data is not None:
+        return Path(data), run.eval_limit()
     bundled = run.root / "eval"
-    if (bundled / "labels.txt").exists():
-        return bundled, None
-    data, limit = run.evaluation()
-    return (data, limit) if data is not None and data.is_dir() else (None, None)
+    return (bundled, None) if (bundled / "labels.txt").exists() else (None, None)
 
 
-def measure_engine(run: RunDir, engine: Path, pre, batch: int, runs: int) -> dict:
+def measure_engine(run: RunDir, engine: Path, pre, batch: int, runs: int, data: str | Path | None = None) -> dict:
     """GPU latency by CUDA events (CUDA graph off and on), copies apart, throughput, memory and accuracy."""
     import calibration
     from compress import measure
@@ -140,7 +143,7 @@ def measure_engine(run: RunDir, engine: Path, pre, batch: int, runs: int) -> dic
                           "timed separately (copies_ms); spread over 5 consecutive groups of runs",
         "accuracy_method": "TensorRT engine on this GPU",
     }
-    folder, limit = evaluation_images(run)
+    folder, limit = evaluation_images(run, data)
     if folder is None:
         row["extra"]["accuracy_note"] = "no evaluation images here"
         return row

@@ -58,8 +58,11 @@ def plans_for(found: list[dict], tensorrt_major: int, wanted: tuple[str, ...], p
 
 
 def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_batch: int = 8,
-           precisions: tuple[str, ...] = PRECISIONS, eval_images: bool = False) -> Path:
-    """Write `<out>/<target>.tar.gz` (default out: RUN_DIR/bundles) and return its path."""
+           precisions: tuple[str, ...] = PRECISIONS, eval_images: bool = False, data: str | Path | None = None) -> Path:
+    """Write `<out>/<target>.tar.gz` (default out: RUN_DIR/bundles) and return its path. With `data` (the run's
+    evaluation folder) the bundle lists its images (and carries them with `eval_images`)."""
+    if eval_images and data is None:
+        raise UserError("--eval-images needs --data DIR", "name the run's evaluation folder")
     run = RunDir(run_dir).check()
     prof = profile(target)
     found = [v for v in run.variants() if engine_precisions(v["precision"])]  # int8-cpu is not for TensorRT
@@ -75,13 +78,13 @@ def bundle(run_dir: str | Path, target: str, out: str | Path | None = None, max_
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out_dir))  # one per bundle call
     try:
-        return _write(run, stage, name, target, prof, found, plans, wanted, out_dir, max_batch, eval_images)
+        return _write(run, stage, name, target, prof, found, plans, wanted, out_dir, max_batch, eval_images, data)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
 def _write(run: RunDir, stage: Path, name: str, target: str, prof: dict, found: list[dict], plans: list[BuildPlan],
-           wanted: tuple[str, ...], out_dir: Path, max_batch: int, eval_images: bool) -> Path:
+           wanted: tuple[str, ...], out_dir: Path, max_batch: int, eval_images: bool, data: str | Path | None) -> Path:
     """The bundle's files under `stage`, then the archive in `out_dir`."""
     root = stage / name
     for v in found:
@@ -91,9 +94,8 @@ def _write(run: RunDir, stage: Path, name: str, target: str, prof: dict, found: 
     write_json(root / "run.json", {"format": FORMAT, "compress": __version__})
     recipe = run.recorded()
     write_json(root / "recipe.json", {k: recipe[k] for k in ("preprocess", "arch", "variants") if k in recipe})
-    data, limit = run.evaluation()
-    if data is not None:
-        _evaluation(root, data, limit, eval_images)
+    if data is not None:  # the run's evaluation folder, named by the user: never read from recipe.json
+        _evaluation(root, Path(data), run.eval_limit(), eval_images)
 
     commands = []
     for p in plans:

@@ -30,7 +30,10 @@ def _positive_int(text: str) -> int:
 
 def _bounded(low: int, high: int):
     def parse(text: str) -> int:
-        value = _positive_int(text)
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
         return value
@@ -126,19 +129,22 @@ def parser() -> argparse.ArgumentParser:
                        "and add them to the report. Engines are kept per device and TensorRT version.")
     b.add_argument("run_dir", help="a run directory, or an unpacked bundle")
     b.add_argument("--precisions", default="fp32,fp16,int8", help="comma list of fp32, fp16, int8")
-    b.add_argument("--max-batch", type=_positive_int, default=32, help="largest batch of the profile (default 32)")
-    b.add_argument("--workspace", type=_positive_int, metavar="MiB", help="builder workspace limit")
+    b.add_argument("--max-batch", type=_bounded(1, 1024), default=32, help="largest batch of the profile (default 32)")
+    b.add_argument("--workspace", type=_bounded(1, 1 << 20), metavar="MiB", help="builder workspace limit")
     b.add_argument("--timing-cache", metavar="PATH", help="timing cache file (default: beside the engines)")
-    b.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (FP16/INT8)")
+    b.add_argument("--dla-core", type=_bounded(0, 7), metavar="N", help="build for DLA core N (FP16/INT8)")
     b.add_argument("--gpu-fallback", action="store_true", help="let layers DLA cannot run fall back to the GPU")
-    b.add_argument("--runs", type=_positive_int, default=200, help="timed runs per engine (default 200)")
+    b.add_argument("--runs", type=_bounded(1, 100_000), default=200, help="timed runs per engine (default 200)")
+    b.add_argument("--data", metavar="DIR", help="the run's evaluation images, to measure the engines' accuracy on "
+                   "(default: a bundle's own copy; none for a run directory)")
 
     bu = sub.add_parser("bundle", help="write a deploy bundle for a Jetson (engines are built on the device)")
     bu.add_argument("run_dir")
     bu.add_argument("--target", required=True, help="orin-nano, orin-nx, agx-orin, xavier")
     bu.add_argument("--out", help="folder for the .tar.gz (default: RUN_DIR/bundles)")
-    bu.add_argument("--max-batch", type=_positive_int, default=8, help="largest batch of the profile (default 8)")
-    bu.add_argument("--eval-images", action="store_true", help="include the evaluation images, not just their list")
+    bu.add_argument("--max-batch", type=_bounded(1, 1024), default=8, help="largest batch of the profile (default 8)")
+    bu.add_argument("--data", metavar="DIR", help="the run's evaluation images: list them in the bundle (hashes)")
+    bu.add_argument("--eval-images", action="store_true", help="with --data: include the images, not just their list")
 
     sub.add_parser("doctor", help="list every backend, usable here or not, with the reason")
 
@@ -163,13 +169,22 @@ def _run_dir(text: str):
     return RunDir(text).check().root
 
 
+def _folder(text: str | None):
+    from pathlib import Path
+
+    if text is not None and not Path(text).is_dir():
+        raise UserError(f"--data folder not found: {text}", "pass the run's evaluation image folder")
+    return text
+
+
 def cmd_build(a: argparse.Namespace) -> int:
     from compress.build import build
 
     precisions, run_dir = _precisions(a.precisions), _run_dir(a.run_dir)
     if a.gpu_fallback and a.dla_core is None:
         raise UserError("--gpu-fallback only applies with --dla-core")
-    rows = build(run_dir, precisions, a.max_batch, a.workspace, a.timing_cache, a.dla_core, a.gpu_fallback, a.runs)
+    rows = build(run_dir, precisions, a.max_batch, a.workspace, a.timing_cache, a.dla_core, a.gpu_fallback, a.runs,
+                 _folder(a.data))
     print(f"built and measured {len(rows)} engine(s); report: {run_dir / 'report.html'}")
     return 0
 
@@ -177,7 +192,8 @@ def cmd_build(a: argparse.Namespace) -> int:
 def cmd_bundle(a: argparse.Namespace) -> int:
     from compress.bundle import bundle
 
-    path = bundle(_run_dir(a.run_dir), a.target, a.out, a.max_batch, eval_images=a.eval_images)
+    path = bundle(_run_dir(a.run_dir), a.target, a.out, a.max_batch, eval_images=a.eval_images,
+                  data=_folder(a.data))
     print(path)
     return 0
 

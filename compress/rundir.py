@@ -320,13 +320,12 @@ class RunDir:
             return {}
         return recipe if isinstance(recipe, dict) else {}
 
-    def evaluation(self) -> tuple[Path | None, int | None]:
-        """The evaluation folder and image limit the last run recorded, each None unless of the right type."""
-        recipe = self.recorded()
-        data, measure = recipe.get("data"), recipe.get("measure")
+    def eval_limit(self) -> int | None:
+        """The evaluation image limit the last run recorded, None unless a positive whole number. (The folder it
+        recorded is never read back: a run directory from elsewhere could name any folder there.)"""
+        measure = self.recorded().get("measure")
         limit = measure.get("eval_limit") if isinstance(measure, dict) else None
-        return (Path(data) if isinstance(data, str) and data else None,
-                limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None)
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def crop(self, variants: list[dict]) -> int:
         """The one input size the variants were made for (from their own preprocessing)."""

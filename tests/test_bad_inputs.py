@@ -321,17 +321,20 @@ def test_every_string_in_the_html_is_escaped(box, finished, capsys):
 
 
 def test_damaged_records_and_layouts(box, finished, tiny_checkpoint, data_dirs, capsys):
-    work, _ = box
+    work, sentinel = box
     run = copy_of(finished, work)
     (run / "variants" / "int8" / "stage.json").write_text('{"key": ')  # truncated by a crash
     (run / "variants" / "int8" / ".model.onnx.abc123.part").write_bytes(b"x" * 100)  # left by a kill
     assert main(tiny_run(tiny_checkpoint, data_dirs, run)) == 0
     assert "int8: built" in capsys.readouterr().err
     assert not list(run.rglob("*.part"))
-    for recipe in ("not json", '{"data": 5, "measure": {"eval_limit": "all"}, "preprocess": null}'):
+    for recipe in ("not json", '{"data": 5, "measure": {"eval_limit": "all"}, "preprocess": null}',
+                   json.dumps({"data": str(sentinel.parent)})):  # a folder a run directory names is never read
         (run / "recipe.json").write_text(recipe)  # provenance only: a bundle is still made, with no image list
         assert main(["bundle", str(run), "--target", "orin-nano", "--out", str(work)]) == 0
         capsys.readouterr()
+    error_line(capsys, main(["bundle", str(run), "--target", "orin-nano", "--eval-images"]), "needs --data")
+    error_line(capsys, main(["build", str(run), "--dla-core", "99"]), "--dla-core")
     (run / "run.json").write_text('{"format": 99}')
     error_line(capsys, main(["report", str(run)]), "layout 99")
     error_line(capsys, main(["bundle", str(run), "--target", "orin-nano"]), "layout 99")
@@ -346,7 +349,8 @@ def test_bundle_copies_nothing_from_outside_the_data_folder(box, tiny_checkpoint
                  "--backends", "onnxruntime-cpu", "--rounds", "1", "--latency-runs", "2"]) == 0
     capsys.readouterr()
     (data / "labels.txt").write_text("../../../../../sentinel.txt 0\n")  # changed after the run
-    code = main(["bundle", str(run), "--target", "orin-nano", "--out", str(work / "b"), "--eval-images"])
+    code = main(["bundle", str(run), "--target", "orin-nano", "--out", str(work / "b"), "--eval-images",
+                 "--data", str(data)])
     error_line(capsys, code, "leads outside")
     assert not list((work / "b").glob("*.tar.gz")) and not list((work / "b").glob(".*staging"))
 

@@ -31,8 +31,9 @@ def unpack(archive, dest):
     return next(dest.iterdir())
 
 
-def test_agx_orin_bundle(run_dir, tmp_path, capsys):
-    assert main(["bundle", str(run_dir), "--target", "agx-orin", "--out", str(tmp_path)]) == 0
+def test_agx_orin_bundle(run_dir, data_dirs, tmp_path, capsys):
+    assert main(["bundle", str(run_dir), "--target", "agx-orin", "--out", str(tmp_path), "--data",
+                 str(data_dirs["eval"])]) == 0
     archive = capsys.readouterr().out.strip()
     root = unpack(archive, tmp_path / "x")
     manifest = json.loads((root / "bundle.json").read_text())
@@ -60,8 +61,9 @@ def test_agx_orin_bundle(run_dir, tmp_path, capsys):
     assert json.loads((root / "recipe.json").read_text())["preprocess"]["crop"] == 32
 
 
-def test_orin_nano_has_no_dla_and_eval_images_travel(run_dir, tmp_path, capsys):
-    assert main(["bundle", str(run_dir), "--target", "orin-nano", "--out", str(tmp_path), "--eval-images"]) == 0
+def test_orin_nano_has_no_dla_and_eval_images_travel(run_dir, data_dirs, tmp_path, capsys):
+    assert main(["bundle", str(run_dir), "--target", "orin-nano", "--out", str(tmp_path), "--eval-images",
+                 "--data", str(data_dirs["eval"])]) == 0
     root = unpack(capsys.readouterr().out.strip(), tmp_path / "x")
     manifest = json.loads((root / "bundle.json").read_text())
     assert all(c["dla_core"] is None and "--useDLACore" not in c["trtexec"] for c in manifest["engines"])
