@@ -119,9 +119,16 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
                     help="skip re-estimating BatchNorm statistics after l1/l2/taylor pruning")
-    pr.add_argument("--finetune-images", metavar="DIR", help="images for recovery (default: the calibration images)")
-    pr.add_argument("--finetune-epochs", type=_count, default=0, help="epochs of distillation from FP32 (default 0)")
-    pr.add_argument("--finetune-labels", action="store_true", help="also use the images' labels (cross-entropy)")
+    pr.add_argument("--recovery-minutes", type=_finite, default=45.0, metavar="M",
+                    help="time for each pruned variant's recovery on this machine (default 45): what the "
+                    "reconstruction leaves goes to distillation epochs")
+    pr.add_argument("--distill-epochs", type=_count, metavar="N",
+                    help="epochs of distillation from FP32 on unlabelled images (default: as many as fit in "
+                    "--recovery-minutes; 0: none)")
+    pr.add_argument("--distill-images", metavar="DIR", help="unlabelled images for the recovery (default: every "
+                    "image of --calib, whatever --calib-limit)")
+    pr.add_argument("--distill-lr", type=_finite, default=1e-5, help="AdamW learning rate (default 1e-5)")
+    pr.add_argument("--distill-batch", type=_bounded(1, 4096), default=32, help="global batch (default 32)")
 
     b = sub.add_parser("build", help="build and measure TensorRT engines of a run's variants on this GPU",
                        description="Build a TensorRT engine per variant and precision for this machine's GPU "
@@ -145,6 +152,19 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--max-batch", type=_bounded(1, 1024), default=8, help="largest batch of the profile (default 8)")
     bu.add_argument("--data", metavar="DIR", help="the run's evaluation images: list them in the bundle (hashes)")
     bu.add_argument("--eval-images", action="store_true", help="with --data: include the images, not just their list")
+
+    d = sub.add_parser("distill", help="distil a run's pruned variant from its FP32 model here (a GPU box, or "
+                       "several processes under torchrun)",
+                       description="Train a pruned variant of a run directory toward the run's FP32 model on "
+                       "unlabelled images, on a GPU when torch sees one, under torchrun on several (DDP). The "
+                       "variant is replaced in place; 'compress run' with the same options then re-quantizes and "
+                       "re-measures what depends on it. A killed run resumes from its last finished epoch.")
+    d.add_argument("run_dir")
+    d.add_argument("--variant", required=True, help="the pruned FP32 variant, e.g. p30")
+    d.add_argument("--images", required=True, metavar="DIR", help="unlabelled images (e.g. the calibration folder)")
+    d.add_argument("--epochs", type=_bounded(1, 1000), required=True)
+    d.add_argument("--lr", type=_finite, default=1e-5, help="AdamW learning rate (default 1e-5)")
+    d.add_argument("--batch", type=_bounded(1, 4096), default=32, help="global batch, over all processes (default 32)")
 
     sub.add_parser("doctor", help="list every backend, usable here or not, with the reason")
 
@@ -198,6 +218,22 @@ def cmd_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from compress import distill
+
+    spec = distill.DistillSpec(epochs=a.epochs, lr=a.lr, batch_size=a.batch)
+    if not Path(a.images).is_dir():
+        raise UserError(f"--images folder not found: {a.images}", "pass a folder of unlabelled images")
+    facts = distill.distill_variant(a.run_dir, a.variant, a.images, spec)
+    if distill.world()[0] == 0:
+        print(f"{a.variant}: {facts['epochs']} epochs on {facts['images']} images in {facts['seconds']} s "
+              f"({facts['processes']} process(es), {facts['device']}); run 'compress run' again with the same "
+              "options to re-quantize and re-measure it")
+    return 0
+
+
 def cmd_doctor(a: argparse.Namespace) -> int:
     from compress import doctor
 
@@ -224,7 +260,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not Path(spec.model).is_file():
         raise UserError(f"model not found: {spec.model}", "pass --model PATH to a .pth state_dict or an .onnx file")
     for option, folder in (("--data", spec.data), ("--calib", spec.calib),
-                           ("--finetune-images", spec.prune.finetune_images)):
+                           ("--distill-images", spec.prune.distill_images)):
         if folder is None:
             continue
         if not Path(folder).is_dir():
@@ -259,7 +295,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "build": cmd_build, "bundle": cmd_bundle, "doctor": cmd_doctor, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "distill": cmd_distill, "build": cmd_build, "bundle": cmd_bundle, "doctor": cmd_doctor,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

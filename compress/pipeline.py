@@ -147,46 +147,26 @@ class Pipeline:
 
     def prune(self, v: Variant, sample: np.ndarray) -> None:
         s, p = self.spec, self.spec.prune
-        recovery = (self.recovery_images if p.bn_recalibration or p.finetune_epochs or p.method == "reconstruct"
-                    else None)
+        recovery = self.recovery_images
         key = {"fp32": self.digest("fp32"), "prune": v.prune, "options": p.__dict__,
-               "recovery_images": recovery.key if recovery is not None else None, "compress": __version__}
+               "recovery_images": recovery.key, "compress": __version__}
+        # A killed recovery resumes: the pruned model before distillation and distillation's epochs are kept here
+        work = self.run_dir.cache / f"recover-{v.name}-{sha256_json(key)[:16]}"
 
         def build(d: Path) -> dict:
-            import copy
-
             from compress import export, prune
 
-            teacher = self.torch_model()
-            steps = []
-            if v.prune_ratio is not None and p.method == "reconstruct":
-                from compress import reconstruct
+            started = time.perf_counter()
+            net, facts, steps = self.pruned(v, work / "pruned.pt")
+            epochs = self.distill_epochs(v, net, work / "plan.json", time.perf_counter() - started)
+            if epochs:
+                from compress import distill
 
-                subset = recovery.head(p.reconstruction_images)
-                net, facts = reconstruct.reconstruct(teacher, subset, self.pre, v.prune_ratio, p.round_to)
-                facts.update(prune.count(net, self.pre.crop))
-                steps.append({"reconstruction": len(subset)})
-            else:
-                net = copy.deepcopy(teacher)
-                if v.prune_ratio is not None:
-                    labelled = None
-                    if p.method == "taylor":
-                        torch = require("torch")
-                        head = self.calib.head(64)
-                        labelled = (torch.from_numpy(self.pre.normalize(head.pixels)), torch.from_numpy(head.labels))
-                    target = int((1 - v.prune_ratio) * prune.count(teacher, self.pre.crop)["macs"])
-                    facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to,
-                                           p.global_pruning, labelled, target_macs=target)
-                else:
-                    facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
-            if p.finetune_epochs:
-                steps.append({"distillation": prune.distill(net, teacher, recovery, self.pre, p.finetune_epochs,
-                                                            labels=p.finetune_labels)})
+                log(f"{v.name}: {epochs} epochs of distillation on {len(recovery)} images")
+                steps.append({"distillation": distill.distill(net, self.torch_model(), recovery, self.pre,
+                                                              p.distill_spec(epochs), work / "distill.pt")})
                 if v.prune == "s24":
                     prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
-            if p.bn_recalibration and not (v.prune_ratio is not None and p.method == "reconstruct"):
-                prune.recalibrate_bn(net, recovery, self.pre)  # reconstruction fits what BN statistics would
-                steps.append({"bn_recalibration": len(recovery)})
             prune.save(net, d / "model.pt", s.arch, facts)
             extra = {"compress.arch": s.arch, "compress.parent": "fp32"}
             if v.prune == "s24":
@@ -196,12 +176,78 @@ class Pipeline:
                     "macs": facts["macs"], "parity": export.parity(net, d / "model.onnx", sample)}
 
         self._record(v, *stage(self.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], build))
+        if work.exists():  # the variant is finished: its recovery's intermediate files are not needed
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+
+    def pruned(self, v: Variant, keep: Path) -> tuple:
+        """The pruned model before distillation, with what was done: from `keep` when a killed run left it."""
+        import copy
+
+        from compress import prune
+
+        if keep.exists():
+            record = prune.load_record(keep)
+            return prune.load(keep), record["facts"]["pruning"], record["facts"]["steps"]
+        p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images
+        steps: list = []
+        if v.prune_ratio is not None and p.method == "reconstruct":
+            from compress import reconstruct
+
+            subset = recovery.sample(p.reconstruction_images)
+            started = time.perf_counter()
+            net, facts = reconstruct.reconstruct(teacher, subset, self.pre, v.prune_ratio, p.round_to)
+            facts.update(prune.count(net, self.pre.crop))
+            steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
+        else:
+            net = copy.deepcopy(teacher)
+            if v.prune_ratio is not None:
+                labelled = None
+                if p.method == "taylor":
+                    torch = require("torch")
+                    head = self.calib.head(64)
+                    labelled = (torch.from_numpy(self.pre.normalize(head.pixels)), torch.from_numpy(head.labels))
+                target = int((1 - v.prune_ratio) * prune.count(teacher, self.pre.crop)["macs"])
+                facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to, p.global_pruning,
+                                       labelled, target_macs=target)
+            else:
+                facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
+            if p.bn_recalibration:
+                prune.recalibrate_bn(net, recovery, self.pre)
+                steps.append({"bn_recalibration": len(recovery)})
+        prune.save(net, keep, self.spec.arch, {"pruning": facts, "steps": steps})
+        return net, facts, steps
+
+    def distill_epochs(self, v: Variant, net, plan: Path, spent: float) -> int:
+        """--distill-epochs, or as many epochs as fit in what the recovery budget leaves, measured here once (a
+        resumed run keeps the first plan)."""
+        p = self.spec.prune
+        if p.distill_epochs is not None:
+            return p.distill_epochs
+        if plan.exists():
+            recorded = read_json(plan).get("epochs")
+            if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
+                return recorded
+        from compress import distill
+
+        images = self.recovery_images
+        per_image = distill.seconds_per_image(net, self.torch_model(), images, self.pre, p.distill_spec(1))
+        left = 60 * p.recovery_minutes - spent
+        epochs = max(0, min(distill.MAX_AUTO_EPOCHS, int(left / (per_image * len(images)))))
+        log(f"{v.name}: distillation at {per_image * 1000:.0f} ms per image here; {left / 60:.1f} of "
+            f"{p.recovery_minutes:g} recovery minutes left: {epochs} epochs")
+        write_json(plan, {"epochs": epochs, "seconds_per_image": per_image, "left_seconds": round(left)})
+        return epochs
 
     @property
     def recovery_images(self) -> calibration.ImageSet:
-        """Unlabelled images for BN re-estimation and distillation: --finetune-images, else the calibration set."""
-        folder = self.spec.prune.finetune_images
-        return self.images(folder, None, "fine-tuning") if folder else self.calib
+        """Unlabelled images for the recovery (BN statistics, reconstruction, distillation): --distill-images, else
+        every calibration image."""
+        folder = self.spec.prune.distill_images or self.spec.calib
+        if not folder:
+            return self.calib  # says what is missing
+        return self.images(folder, None, "recovery")  # every image: --calib-limit is calibration's
 
     def statistics(self, parent: str):
         """Activation statistics of a float variant on the calibration images, shared by its INT8 formats."""

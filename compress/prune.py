@@ -6,8 +6,8 @@ recovery without labelled training data.
   FLOPs in odd counts often run no faster), the stem and the classifier protected.
 - 2:4 sparsity keeps the 2 largest of every 4 consecutive input-channel weights of each conv, the layout
   TensorRT's sparse tensor cores use; the zeros survive export and per-channel INT8 quantization.
-- Recovery: BatchNorm statistics re-estimated on unlabelled images (always offered: pruning shifts every
-  activation's statistics), then optionally knowledge distillation from the FP32 model on unlabelled images.
+- Recovery: BatchNorm statistics re-estimated on unlabelled images (pruning shifts every activation's
+  statistics); distillation (`compress.distill`) and reconstruction (`compress.reconstruct`) go further.
 - A pruned model is saved as channel shapes + state_dict and reloaded with `weights_only=True`: no Torch-Pruning
   objects are pickled.
 """
@@ -125,44 +125,6 @@ def recalibrate_bn(model, images, preprocess, batch_size: int = 32, desc: str | 
     model.eval()
 
 
-def distill(student, teacher, images, preprocess, epochs: int, lr: float = 1e-4, batch_size: int = 32,
-            temperature: float = 2.0, labels: bool = False) -> dict:
-    """Knowledge distillation from `teacher` on unlabelled images (plus cross-entropy when `labels`): a GPU is
-    used when torch sees one."""
-    torch = require("torch")
-    from tqdm import tqdm
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    student.to(device).train()
-    teacher.to(device).eval()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
-    rng = np.random.default_rng(0)
-    losses = []
-    for epoch in range(epochs):
-        order = rng.permutation(len(images))
-        bar = tqdm(range(0, len(order), batch_size), desc=f"distill {epoch + 1}/{epochs}", unit="batch",
-                   file=sys.stderr, leave=False)
-        for i in bar:
-            idx = np.sort(order[i : i + batch_size])
-            x = torch.from_numpy(preprocess.normalize(images.pixels[idx])).to(device)
-            with torch.no_grad():
-                soft = torch.nn.functional.softmax(teacher(x) / temperature, dim=1)
-            out = student(x)
-            loss = torch.nn.functional.kl_div(torch.nn.functional.log_softmax(out / temperature, dim=1), soft,
-                                              reduction="batchmean") * temperature ** 2
-            if labels:
-                loss = loss + torch.nn.functional.cross_entropy(out, torch.from_numpy(images.labels[idx]).to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    student.cpu().eval()
-    teacher.cpu()
-    return {"epochs": epochs, "images": len(images), "final_loss": losses[-1] if losses else None,
-            "labels": labels, "device": device}
-
-
 def save(model, path: str | Path, arch: str, facts: dict | None = None) -> None:
     """Channel shapes and a state_dict: reloadable with weights_only=True, without Torch-Pruning."""
     torch = require("torch")
@@ -177,14 +139,24 @@ def save(model, path: str | Path, arch: str, facts: dict | None = None) -> None:
         torch.save(record, tmp)
 
 
+def load_record(path: str | Path) -> dict:
+    """What `save` wrote (read with weights_only=True: nothing in it runs)."""
+    torch = require("torch")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holding objects that would need unpickling
+        raise UserError(f"{path} is not a model saved by compress ({type(exc).__name__})") from None
+    if not isinstance(record, dict) or record.get("format") != "compress.pruned/1":
+        raise UserError(f"{path} is not a pruned model saved by compress")
+    return record
+
+
 def load(path: str | Path):
     """Rebuild the architecture, resize every conv, BN and linear layer to the saved shapes, load the weights."""
     torch = require("torch")
     from compress import model as models
 
-    record = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(record, dict) or record.get("format") != "compress.pruned/1":
-        raise UserError(f"{path} is not a pruned model saved by compress")
+    record = load_record(path)
     net = models.build(record["arch"], record["num_classes"])
     sd = record["state_dict"]
     nn = torch.nn

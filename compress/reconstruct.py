@@ -110,9 +110,10 @@ class _Ridge:
 
     def add(self, x, y) -> None:  # x (samples, features), y (samples, outputs)
         torch = require("torch")
-        x = torch.cat([x, torch.ones(len(x), 1)], 1).double()
-        self.xx += x.T @ x
-        self.xy += x.T @ y.double()
+        x = torch.cat([x, torch.ones(len(x), 1)], 1)
+        # one chunk's products in float32 (the cost of the fit), summed over chunks in float64
+        self.xx += (x.T @ x).double()
+        self.xy += (x.T @ y).double()
 
     def solve(self, damp: float):
         torch = require("torch")

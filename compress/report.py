@@ -223,7 +223,8 @@ def recovery(r: dict) -> str:
     if not steps:
         return "—"
     names = {"bn_recalibration": "BN", "distillation": "KD", "reconstruction": "recon"}
-    return "+".join(names.get(k, k) for step in steps for k in (step if isinstance(step, dict) else {step: 0}))
+    kinds = [next(iter(step), "?") if isinstance(step, dict) else str(step) for step in steps]  # first key: the kind
+    return "+".join(names.get(k, k) for k in kinds)
 
 
 def _cell(f, r: dict) -> str:

@@ -256,7 +256,8 @@ def test_image_cache_is_verified(box, data_dirs, capsys):
     (["--prune-ratios", "nan"], "not a fraction"), (["--prune-ratios", "1.5"], "not a fraction"),
     (["--resize", "60000"], "--resize"), (["--crop", "0"], "--crop"),
     (["--throughput-batch", "2000000"], "--throughput-batch"), (["--latency-runs", "1000000000"], "--latency-runs"),
-    (["--rounds", "0"], "--rounds"), (["--finetune-epochs", "-1"], "--finetune-epochs"),
+    (["--rounds", "0"], "--rounds"), (["--distill-epochs", "-1"], "--distill-epochs"),
+    (["--recovery-minutes", "nan"], "--recovery-minutes"), (["--distill-lr", "2"], "distillation options"),
 ])
 def test_option_values_out_of_range(box, tiny_checkpoint, data_dirs, capsys, extra, needle):
     work, _ = box
