@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--bias-correction", type=_count, default=256, metavar="N",
                    help="correct the biases of int8 (TensorRT) layers for their mean INT8 error, measured on N "
                    "calibration images; 0: off (default 256)")
+    q.add_argument("--cpu-class", default="auto", choices=["auto", "vnni", "avx2"],
+                   help="the x86 CPUs int8-cpu is made for: vnni (8-bit weights), avx2 (no VNNI: 7-bit weights, "
+                   "so onnxruntime's fast kernels cannot saturate); auto: this CPU's (default)")
     q.add_argument("--fallback", action="store_true",
                    help="with a budget: rank layers by INT8 sensitivity and keep the fewest most sensitive out of "
                    "INT8 until the budget holds (adds VARIANT-mixed)")

@@ -280,13 +280,23 @@ class Pipeline:
         key = {"parent": self.digest(parent), "calibration": self.calib.key, "method": q.calibration,
                "residual_adds": RESIDUAL_ADDS[0], "bias_correction": q.bias_correction, "format": v.precision,
                "compress": __version__}
+        if v.precision == "int8-cpu":
+            key["cpu_class"] = self.cpu_class
 
         def build(d: Path) -> dict:
             facts = quantize(self.run_dir.onnx(parent), d / "model.onnx", self.calib, self.pre, v.precision,
-                             q.calibration, bias_correction=q.bias_correction, statistics=self.statistics(parent))
+                             q.calibration, bias_correction=q.bias_correction, statistics=self.statistics(parent),
+                             cpu=self.cpu_class)
             return {"quantization": facts}
 
         self._record(v, *stage(self.run_dir.variant_dir(v.name), key, ["model.onnx"], build))
+
+    @functools.cached_property
+    def cpu_class(self) -> str:
+        """The CPU class int8-cpu files are made for: --cpu-class, else this machine's."""
+        from compress.quantize import this_cpu_class
+
+        return self.spec.quantize.cpu_class if self.spec.quantize.cpu_class != "auto" else this_cpu_class()
 
     def _record(self, v: Variant, record: dict, reused: bool) -> None:
         record["variant"], record["parent"] = v.name, v.parent
@@ -323,7 +333,10 @@ class Pipeline:
         return self._envs[backend.name]
 
     def file(self, v: Variant) -> dict:
-        return {"name": v.name, "precision": v.precision, "path": self.run_dir.onnx(v.name), "crop": self.pre.crop}
+        info = {"name": v.name, "precision": v.precision, "path": self.run_dir.onnx(v.name), "crop": self.pre.crop}
+        if v.precision == "int8-cpu":
+            info["cpu_class"] = self.records[v.name].get("quantization", {}).get("cpu_class")
+        return info
 
     def accuracy(self, backend, v: Variant, info: dict, evaluation: calibration.ImageSet) -> np.ndarray:
         from tqdm import tqdm
@@ -476,6 +489,21 @@ class Pipeline:
         log(f"{mixed.name}: {kept} layer(s) kept out of INT8" + (" (reused)" if reused else ""))
         return mixed
 
+    def warn_cpu_class(self) -> None:
+        """int8-cpu made for another class of CPU than this one: say what that costs here."""
+        from compress.quantize import this_cpu_class
+
+        here = this_cpu_class()
+        if not any(v.precision == "int8-cpu" for v in self.spec.variants) or self.cpu_class == here:
+            return
+        if self.cpu_class == "avx2":
+            self.warn("int8-cpu is made for x86 CPUs without VNNI (--cpu-class avx2: 7-bit weights); this CPU has "
+                      "VNNI, where 8-bit weights (--cpu-class vnni) run as fast and round less")
+        else:
+            self.warn("int8-cpu is made for CPUs with VNNI (--cpu-class vnni: 8-bit weights); this x86 CPU has "
+                      "none, so it runs with session.x64quantprecision=1 (no saturation, slower kernels): "
+                      "--cpu-class avx2 makes a file for its fast kernels")
+
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         log("warning: " + message)
@@ -504,6 +532,7 @@ class Pipeline:
                 self.prune(v, sample)
             else:
                 self.quantize(v)
+        self.warn_cpu_class()
         variants = list(s.variants)
         if s.quantize.fallback:
             variants += self.fallbacks(evaluation)

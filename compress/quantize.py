@@ -11,7 +11,10 @@ Two formats, each for the runtime that will execute it:
   fuse as well (`residual_adds="both"` keeps that layout, for comparison). On onnxruntime's CPU kernels this
   format is slow; it is measured there for accuracy only.
 - `int8-cpu` (onnxruntime CPU): Q/DQ with uint8 activations (asymmetric) and int8 per-channel weights,
-  onnxruntime's preferred CPU layout, quantizing every op it supports.
+  onnxruntime's preferred CPU layout, quantizing every op it supports. Made for a CPU class: on x86 without
+  VNNI (`avx2`) onnxruntime's fast u8s8 kernels add pairs of u8 x s8 products in 16 bits, which saturates
+  (255 x 127 x 2 > 32767); there the weights get 7 bits (`reduce_range`, onnxruntime's documented remedy), which
+  cannot saturate and keeps those kernels. VNNI CPUs (and non-x86 ones) sum in 32 bits: full 8-bit weights.
 """
 
 from __future__ import annotations
@@ -33,6 +36,23 @@ METHODS = ("minmax", "entropy", "percentile")
 RESIDUAL_ADDS = ("fused", "both")  # Q/DQ placement on residual Adds for TensorRT; the first is the default
 BIAS_CORRECTION_IMAGES = 256
 MIN_CALIBRATION_IMAGES = 500
+CPU_CLASSES = ("vnni", "avx2")  # what an int8-cpu file is made for: see cpu_class
+
+
+def cpu_class(machine: str, flags) -> str:
+    """The int8-cpu file a CPU wants, from its architecture and flags alone: `avx2` for x86 without VNNI (the
+    u8s8 kernels saturate 8-bit weights), else `vnni`."""
+    if machine.lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "vnni"  # Arm's int8 dot products accumulate in 32 bits: nothing saturates
+    return "vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else "avx2"
+
+
+def this_cpu_class() -> str:
+    import platform
+
+    from compress.measure import cpu_flags
+
+    return cpu_class(platform.machine(), cpu_flags())
 
 
 @dataclass(frozen=True)
@@ -55,7 +75,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
              fmt: str = "int8", method: str = "percentile", percentile: float = 99.999,
              nodes_to_exclude: list[str] | None = None, options: dict | None = None,
              residual_adds: str = RESIDUAL_ADDS[0], bias_correction: int = BIAS_CORRECTION_IMAGES,
-             statistics=None) -> dict:
+             statistics=None, cpu: str = "vnni") -> dict:
     """Calibrate on `images` and write the quantized model atomically. Returns what was done, for the record.
 
     `statistics`: activation statistics of the FP32 model on `images` (`calibration.ranges.collect`), shared by
@@ -64,7 +84,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     calibrates on its own.
 
     `bias_correction`: how many of the calibration images measure the bias correction of the TensorRT format
-    (0: none); see `correct_biases`.
+    (0: none); see `correct_biases`. `cpu`: the CPU class an int8-cpu file is made for (`cpu_class`).
     """
     q = require("onnxruntime.quantization")
     from calibration.reader import CalibrationReader
@@ -76,6 +96,9 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     if residual_adds not in RESIDUAL_ADDS:
         raise ValueError(f"residual_adds must be one of {RESIDUAL_ADDS}, not {residual_adds!r}")
     spec = FORMATS[fmt]
+    if cpu not in CPU_CLASSES:
+        raise UserError(f"unknown CPU class {cpu!r}", f"choose one of: {', '.join(CPU_CLASSES)}")
+    seven_bit = spec.target == "onnxruntime-cpu" and cpu == "avx2"
     calib_method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                     "percentile": q.CalibrationMethod.Percentile}[method]
     extra = {
@@ -120,6 +143,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
                     calibrate_method=calib_method,
                     op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
                     per_channel=True,
+                    reduce_range=seven_bit,
                     nodes_to_exclude=nodes_to_exclude or [],
                     extra_options=extra,
                     calibration_cache_path=cache,
@@ -129,6 +153,8 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             meta = metadata(fp32_onnx)
             meta.update({"compress.precision": fmt, "compress.target": spec.target,
                          "compress.calibration": f"{method} on {len(images)} images"})
+            if spec.target == "onnxruntime-cpu":
+                meta["compress.cpu_class"] = cpu
             set_metadata(proto, meta)
             if spec.target == "tensorrt" and residual_adds == "fused":
                 fuse_residual_adds(proto)
@@ -152,6 +178,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             "shared_statistics": shared,
             "excluded_nodes": list(nodes_to_exclude or []), "options": options or {},
             "residual_adds": residual_adds if spec.target == "tensorrt" else None,
+            "cpu_class": cpu if spec.target == "onnxruntime-cpu" else None, "weight_bits": 7 if seven_bit else 8,
             "bias_correction": corrected,
             "onnxruntime": require("onnxruntime").__version__}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from calibration.images import Preprocess
 from compress.errors import UserError
 from compress.prune import IMPORTANCES
-from compress.quantize import METHODS
+from compress.quantize import CPU_CLASSES, METHODS
 from compress.rundir import Variant, parse_variants
 from compress.sensitivity import Budget
 
@@ -28,10 +28,13 @@ class QuantizeSpec:
     fallback: bool = False  # accuracy-aware INT8: VARIANT-mixed when VARIANT is over budget
     sensitivity_images: int = 100
     max_fallback_layers: int = 16  # in groups of layers that share a quantized input
+    cpu_class: str = "auto"  # the CPUs int8-cpu is made for (quantize.CPU_CLASSES); auto: this one's
 
     def __post_init__(self) -> None:
         if self.calibration not in METHODS:
             raise UserError(f"unknown calibration method {self.calibration!r}", f"choose one of: {', '.join(METHODS)}")
+        if self.cpu_class not in ("auto", *CPU_CLASSES):
+            raise UserError(f"unknown CPU class {self.cpu_class!r}", f"choose one of: auto, {', '.join(CPU_CLASSES)}")
         if self.calib_limit < 1:
             raise UserError(f"--calib-limit must be a positive number of images, got {self.calib_limit}")
 

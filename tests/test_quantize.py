@@ -169,3 +169,63 @@ def test_bias_correction_changes_only_float_biases_and_moves_int8_toward_fp32(ou
     mean_error = {p: np.abs((x - reference).mean(axis=0)).mean() for p, x in logits.items()}
     assert mean_error[corrected] < 0.9 * mean_error[plain]
     assert compare(logits[corrected], reference)["kl"] < compare(logits[plain], reference)["kl"]
+
+
+# -- int8-cpu per CPU class ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("machine, flags, expected", [
+    ("x86_64", ["avx2", "fma"], "avx2"),  # AMD EPYC Rome, Intel Haswell..Skylake client: u8s8 saturates
+    ("x86_64", ["avx2", "avx512f", "avx512_vnni"], "vnni"),  # Cascade Lake and later Xeons, Zen 4
+    ("x86_64", ["avx2", "avx_vnni"], "vnni"),  # Alder Lake
+    ("AMD64", ["avx2", "amx_int8"], "vnni"),
+    ("x86_64", [], "avx2"),
+    ("aarch64", [], "vnni"),  # Arm's int8 dot products accumulate in 32 bits
+])
+def test_the_cpu_class_is_decided_by_the_cpu_alone(machine, flags, expected):
+    from compress.quantize import cpu_class
+
+    assert cpu_class(machine, flags) == expected
+
+
+def test_the_saturation_guard_is_for_8_bit_weights_on_cpus_without_vnni():
+    assert ort.saturation_guard("vnni", "avx2") and ort.saturation_guard(None, "avx2")
+    assert not ort.saturation_guard("avx2", "avx2")  # 7-bit weights cannot saturate: the fast kernels as they are
+    assert not ort.saturation_guard("vnni", "vnni") and not ort.saturation_guard("avx2", "vnni")
+
+
+def _conv_weights(path):
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    prod = producers(proto)
+    out = []
+    for n in proto.graph.node:
+        if n.op_type == "Conv" and n.input[1] in prod and prod[n.input[1]].op_type == "DequantizeLinear":
+            out.append(inits[prod[n.input[1]].input[0]])
+    return out
+
+
+def test_int8_cpu_for_cpus_without_vnni_has_7_bit_weights_and_says_so(tiny_onnx, data_dirs, tmp_path, monkeypatch):
+    from compress.export import metadata
+
+    calib, evaluation = images(data_dirs["calib"]), images(data_dirs["eval"])
+    files = {}
+    for cpu in ("vnni", "avx2"):
+        files[cpu] = tmp_path / f"{cpu}.onnx"
+        info = quantize(tiny_onnx, files[cpu], calib, TINY, "int8-cpu", "minmax", cpu=cpu)
+        assert info["cpu_class"] == cpu and info["weight_bits"] == (7 if cpu == "avx2" else 8)
+        assert metadata(files[cpu])["compress.cpu_class"] == cpu
+    seven, eight = _conv_weights(files["avx2"]), _conv_weights(files["vnni"])
+    assert len(seven) == len(eight) == 15  # every conv
+    assert all(w.dtype == np.int8 and w.min() >= -64 and w.max() <= 64 for w in seven)
+    assert max(int(np.abs(w).max()) for w in eight) == 127  # a full 8-bit range: saturates on AVX2 without VNNI
+    base = top5(ort.logits(tiny_onnx, evaluation, TINY, as_written=False))
+    pred = top5(ort.logits(files["avx2"], evaluation, TINY, as_written=False))
+    assert accuracy(pred, evaluation.labels, base)["agreement"] >= 0.9
+    with pytest.raises(Exception, match="unknown CPU class"):
+        quantize(tiny_onnx, tmp_path / "x.onnx", calib, TINY, "int8-cpu", "minmax", cpu="avx512")
+    # how each file runs: on a CPU without VNNI the 8-bit file needs the slow precision option, the 7-bit one not
+    backend = ort.OnnxRuntimeCPU()
+    monkeypatch.setattr("compress.quantize.this_cpu_class", lambda: "avx2")
+    how = {cpu: backend.runs({"precision": "int8-cpu", "path": files[cpu], "cpu_class": cpu})["latency_method"]
+           for cpu in files}
+    assert "x64quantprecision=1" in how["vnni"] and "x64quantprecision" not in how["avx2"]
+    assert "7-bit weights (made for x86 CPUs without VNNI)" in how["avx2"]

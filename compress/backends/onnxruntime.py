@@ -6,9 +6,11 @@ Two ways to execute a Q/DQ graph, and the choice matters for honest numbers:
   file says. This is the arithmetic TensorRT uses for a Q/DQ network (int8 x int8 with int32 accumulation
   gives the same result), so it measures the accuracy of a TensorRT-bound `int8` variant.
 - `as_written=False`: all optimisations on, Q/DQ fused into integer kernels, as an onnxruntime CPU deployment
-  runs (`int8-cpu`). On x86 CPUs without VNNI the u8s8 kernels saturate intermediate sums; there the session
-  sets `session.x64quantprecision=1`, which avoids it. On VNNI CPUs there is no saturation and the option
-  would only cost speed (measured: 9.5 ms vs 27.5 ms for ResNet-50 int8-cpu at batch 1), so it stays off.
+  runs (`int8-cpu`). On x86 CPUs without VNNI the u8s8 kernels saturate intermediate sums of 8-bit weights.
+  An int8-cpu file made for such CPUs has 7-bit weights and runs on those kernels as they are; one made for
+  VNNI CPUs gets `session.x64quantprecision=1` there, which avoids the saturation at a cost in speed. On VNNI
+  CPUs nothing saturates and the option would only cost speed (measured: 9.5 ms vs 27.5 ms for ResNet-50
+  int8-cpu at batch 1), so it stays off.
 """
 
 from __future__ import annotations
@@ -26,19 +28,15 @@ def version() -> str:
     return require("onnxruntime").__version__
 
 
-def saturation_guard() -> bool:
-    """Whether this CPU needs onnxruntime's u8s8 precision option: x86 without VNNI."""
-    import platform
-
-    from compress.measure import cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_flags())
+def saturation_guard(file_class: str | None, here: str) -> bool:
+    """Whether a file needs onnxruntime's u8s8 precision option on a CPU of class `here`: 8-bit weights (a file
+    made for VNNI CPUs, or of unknown class) on x86 without VNNI."""
+    return here == "avx2" and file_class != "avx2"
 
 
 class Session:
-    def __init__(self, path: str | os.PathLike[str], as_written: bool = False, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], as_written: bool = False, threads: int | None = None,
+                 guard: bool | None = None):
         ort = require("onnxruntime")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -46,7 +44,12 @@ class Session:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         else:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if saturation_guard():
+            if guard is None:
+                from compress.export import metadata
+                from compress.quantize import this_cpu_class
+
+                guard = saturation_guard(metadata(path).get("compress.cpu_class"), this_cpu_class())
+            if guard:
                 opts.add_session_config_entry("session.x64quantprecision", "1")
         if threads:
             opts.intra_op_num_threads = threads
@@ -87,12 +90,23 @@ class OnnxRuntimeCPU(Backend):
 
     def describe(self) -> dict:
         from compress.measure import cpu_flags, cpu_name
+        from compress.quantize import this_cpu_class
 
         return {"device": cpu_name(), "cpu_flags": cpu_flags(), "onnxruntime": version(),
-                "saturation_guard": saturation_guard()}
+                "cpu_class": this_cpu_class()}
 
     def runs(self, variant: dict) -> dict | None:
-        guard = ", session.x64quantprecision=1 (no VNNI)" if saturation_guard() else ""
+        from compress.quantize import this_cpu_class
+
+        guard = ""
+        if variant["precision"] == "int8-cpu":
+            made_for, here = variant.get("cpu_class"), this_cpu_class()
+            if saturation_guard(made_for, here):
+                guard = ", session.x64quantprecision=1 (8-bit weights on a CPU without VNNI)"
+            elif made_for == "avx2":
+                guard = ", 7-bit weights (made for x86 CPUs without VNNI)"
+            else:
+                guard = ", 8-bit weights (made for CPUs with VNNI)"
         kernels = f"onnxruntime CPU kernels, all optimisations{guard}"
         as_written = variant["precision"] == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, TensorRT's arithmetic
         return {"precision": "int8" if variant["precision"].startswith("int8") else "fp32", "file": variant["path"],
