@@ -118,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--reconstruction-images", type=_positive_int, default=512,
                     help="unlabelled images the reconstruction fits on (default 512: about 13 minutes for ResNet-50 "
                     "on 2 CPU cores; fewer is faster and less accurate)")
+    pr.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
+                    help="reconstruct: the same share of every block's inner channels, or shares from each block's "
+                    "measured sensitivity (where accuracy per MAC saved is cheapest) (default uniform)")
     pr.add_argument("--round-to", type=_bounded(1, 256), default=8, help="channel counts multiple of (default 8)")
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",

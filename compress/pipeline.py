@@ -163,10 +163,10 @@ class Pipeline:
                 from compress import distill
 
                 log(f"{v.name}: {epochs} epochs of distillation on {len(recovery)} images")
+                keep = prune.zeros_kept(net) if v.prune == "s24" else None  # the 2:4 pattern outlives training
                 steps.append({"distillation": distill.distill(net, self.torch_model(), recovery, self.pre,
-                                                              p.distill_spec(epochs), work / "distill.pt")})
-                if v.prune == "s24":
-                    prune.sparsify_24(net)  # training moved the zeros: re-apply the 2:4 pattern
+                                                              p.distill_spec(epochs), work / "distill.pt",
+                                                              on_step=keep)})
             prune.save(net, d / "model.pt", s.arch, facts)
             extra = {"compress.arch": s.arch, "compress.parent": "fp32"}
             if v.prune == "s24":
@@ -197,7 +197,11 @@ class Pipeline:
 
             subset = recovery.sample(p.reconstruction_images)
             started = time.perf_counter()
-            net, facts = reconstruct.reconstruct(teacher, subset, self.pre, v.prune_ratio, p.round_to)
+            from compress.recipe import SENSITIVITY_IMAGES
+
+            net, facts = reconstruct.reconstruct(
+                teacher, subset, self.pre, v.prune_ratio, p.round_to,
+                sensitivity_images=SENSITIVITY_IMAGES if p.allocation == "sensitivity" else 0)
             facts.update(prune.count(net, self.pre.crop))
             steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
         else:
@@ -212,7 +216,8 @@ class Pipeline:
                 facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to, p.global_pruning,
                                        labelled, target_macs=target)
             else:
-                facts = {**prune.sparsify_24(net), **prune.count(net, self.pre.crop)}
+                facts = {**prune.sparsify_24(net, recovery.sample(p.reconstruction_images // 2), self.pre),
+                         **prune.count(net, self.pre.crop)}
             if p.bn_recalibration:
                 prune.recalibrate_bn(net, recovery, self.pre)
                 steps.append({"bn_recalibration": len(recovery)})

@@ -76,24 +76,106 @@ def channels(model, ratio: float, crop: int, importance: str = "l1", round_to: i
             "params": after["params"], "macs": after["macs"]}
 
 
-def sparsify_24(model) -> dict:
-    """Apply magnitude 2:4 masks to every conv whose input channels come in fours (in place)."""
+def sparsify_24(model, images=None, preprocess=None, positions: int = 256, damp: float = 0.01) -> dict:
+    """2:4 sparsity (in place) on every conv whose input channels come in fours: two of every four consecutive
+    input-channel weights set to zero. Without images, the two smallest. With unlabelled `images`, chosen and
+    compensated with second-order information from the conv's inputs (optimal brain surgeon, column by column, as
+    SparseGPT): the zeros are those whose removal the other weights of the row can best make up for, and those
+    weights are updated to make it up (the layer's outputs on the images move least)."""
     torch = require("torch")
-    done, skipped = 0, []
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    eligible = [(n, m) for n, m in convs if m.weight.shape[1] % 4 == 0 and m.groups == 1]
+    skipped = [n for n, m in convs if (n, m) not in eligible]  # e.g. the RGB stem: 3 input channels
+    hessians = _input_gram(model, [m for _, m in eligible], images, preprocess, positions) if images else {}
     with torch.no_grad():
-        for name, m in model.named_modules():
-            if not isinstance(m, torch.nn.Conv2d):
-                continue
-            w = m.weight
-            if w.shape[1] % 4 or m.groups != 1:
-                skipped.append(name)  # e.g. the RGB stem: 3 input channels
-                continue
-            groups = w.permute(0, 2, 3, 1).reshape(-1, 4)  # fours of consecutive input channels
-            keep = groups.abs().argsort(dim=1, descending=True)[:, :2]
-            mask = torch.zeros_like(groups).scatter_(1, keep, 1.0)
-            m.weight.copy_((groups * mask).reshape(w.shape[0], w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2))
-            done += 1
-    return {"sparsity": "2:4", "convs": done, "skipped": skipped}
+        for _, m in eligible:
+            w = m.weight  # (O, I, kh, kw) -> columns in (kh, kw, I) order: a group of four is four adjacent columns
+            rows = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+            if m in hessians:
+                h = hessians[m]  # over unfold's (I, kh, kw) features: reorder to (kh, kw, I)
+                order = torch.arange(h.shape[0]).reshape(w.shape[1], -1).T.reshape(-1)
+                rows = _obs_24(rows.double(), h[order][:, order], damp).float()
+            else:
+                groups = rows.reshape(-1, 4)
+                keep = groups.abs().argsort(dim=1, descending=True)[:, :2]
+                rows = (groups * torch.zeros_like(groups).scatter_(1, keep, 1.0)).reshape(rows.shape)
+            m.weight.copy_(rows.reshape(w.shape[0], w.shape[2], w.shape[3], w.shape[1]).permute(0, 3, 1, 2))
+    return {"sparsity": "2:4", "convs": len(eligible), "skipped": skipped,
+            "selection": "second-order (OBS) with update" if hessians else "magnitude",
+            **({"images": len(images)} if hessians else {})}
+
+
+def _input_gram(model, convs: list, images, preprocess, positions: int) -> dict:
+    """X^T X of each conv's input patches (float64) over `images`, at `positions` sampled output positions per
+    image: one pass of the dense model."""
+    torch = require("torch")
+    F = torch.nn.functional
+    grams: dict = {}
+    gen = torch.Generator().manual_seed(0)
+
+    def hook(m, args, _out):
+        x = F.unfold(args[0], m.kernel_size, m.dilation, m.padding, m.stride)  # (N, features, L)
+        x = x.transpose(1, 2)
+        idx = torch.randperm(x.shape[1], generator=gen)[:positions]
+        x = x[:, idx].reshape(-1, x.shape[2])
+        g = (x.T @ x).double()
+        grams[m] = grams[m] + g if m in grams else g
+
+    handles = [m.register_forward_hook(hook) for m in convs]
+    try:
+        with torch.no_grad():
+            model.eval()
+            for batch, _ in images.batches(preprocess, 16):
+                model(torch.from_numpy(batch))
+    finally:
+        for h in handles:
+            h.remove()
+    return grams
+
+
+def _obs_24(w, h, damp: float, block: int = 128):
+    """SparseGPT's 2:4 pruning of rows `w` (out, columns) with input Gram matrix `h` (columns, columns)."""
+    torch = require("torch")
+    w = w.clone()
+    h = h.clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += damp * torch.diagonal(h).mean() * torch.eye(len(h), dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    cols = w.shape[1]
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        mask = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if i % 4 == 0:  # choose this group's two zeros: least saliency w^2 / [H^-1]_jj^2
+                saliency = w1[:, i:i + 4] ** 2 / torch.diagonal(hinv1)[i:i + 4].reshape(1, -1) ** 2
+                mask.scatter_(1, i + torch.topk(saliency, 2, dim=1, largest=False)[1], True)
+            q = w1[:, i].clone()
+            q[mask[:, i]] = 0
+            q1[:, i] = q
+            err = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i:] -= err.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w
+
+
+def zeros_kept(model):
+    """A step callback that sets the weights that are zero now back to zero (a sparse pattern kept in training)."""
+    torch = require("torch")
+    masks = [(m.weight, m.weight != 0) for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+             and bool((m.weight == 0).any())]
+
+    def keep(*_) -> None:
+        with torch.no_grad():
+            for w, mask in masks:
+                w.mul_(mask)
+
+    return keep
 
 
 def is_24_sparse(weight: np.ndarray) -> bool:

@@ -39,6 +39,10 @@ class QuantizeSpec:
             raise UserError(f"--calib-limit must be a positive number of images, got {self.calib_limit}")
 
 
+ALLOCATIONS = ("uniform", "sensitivity")
+SENSITIVITY_IMAGES = 64  # images that measure each block's sensitivity (--allocation sensitivity)
+
+
 @dataclass(frozen=True)
 class PruneSpec:
     """pNN removes NN% of the FP32 model's MACs. `method` reconstruct: inner bottleneck channels, re-fitted to
@@ -49,6 +53,7 @@ class PruneSpec:
 
     method: str = "reconstruct"
     reconstruction_images: int = 512
+    allocation: str = "uniform"  # reconstruct: the same share of every block, or by measured block sensitivity
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True
@@ -62,6 +67,8 @@ class PruneSpec:
         if self.method not in ("reconstruct", *IMPORTANCES):
             raise UserError(f"unknown pruning method {self.method!r}",
                             f"choose from reconstruct, {', '.join(IMPORTANCES)}")
+        if self.allocation not in ALLOCATIONS:
+            raise UserError(f"unknown allocation {self.allocation!r}", f"choose from {', '.join(ALLOCATIONS)}")
         if not 8 <= self.reconstruction_images <= 100_000:
             raise UserError(f"--reconstruction-images must be 8..100000, got {self.reconstruction_images}")
         _finite("--recovery-minutes", self.recovery_minutes)

@@ -41,12 +41,17 @@ def _fold(conv, bn):
     return w, b
 
 
-def inner_counts(model, fraction: float, round_to: int) -> list[tuple[int, int]]:
-    """Channels kept in conv1 and conv2 of each block when `fraction` of them go, rounded to `round_to`."""
+def inner_counts_of(block, fraction: float, round_to: int) -> tuple[int, int]:
+    """Channels kept in conv1 and conv2 of a block when `fraction` of them go, rounded to `round_to`."""
     def keep(c: int) -> int:
         return int(min(c, max(round_to, round_to * round((1 - fraction) * c / round_to))))
 
-    return [(keep(b.conv1.out_channels), keep(b.conv2.out_channels)) for b in blocks(model)]
+    return keep(block.conv1.out_channels), keep(block.conv2.out_channels)
+
+
+def inner_counts(model, fraction: float, round_to: int) -> list[tuple[int, int]]:
+    """Channels kept in conv1 and conv2 of each block when `fraction` of them go, rounded to `round_to`."""
+    return [inner_counts_of(b, fraction, round_to) for b in blocks(model)]
 
 
 def _output_sizes(model, crop: int) -> dict:
@@ -100,6 +105,75 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float
     return high
 
 
+def _head(model, x):
+    torch = require("torch")
+    return model.fc(torch.flatten(model.avgpool(x), 1))
+
+
+def sensitivities(teacher, images, preprocess, fraction: float = 0.5, round_to: int = 8, damp: float = 1e-3,
+                  positions: int = 512, chunk: int = 16) -> list[float]:
+    """Per block, how much the network's output moves when only that block loses `fraction` of its inner channels
+    and is re-fitted: KL(FP32 || pruned) of the softmax outputs, mean over `images`."""
+    torch = require("torch")
+    F = torch.nn.functional
+    t = teacher.eval()
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    with torch.no_grad():
+        x = torch.from_numpy(preprocess.normalize(images.pixels))
+        h = torch.cat([t.maxpool(t.relu(t.bn1(t.conv1(x[i:i + chunk])))) for i in range(0, len(x), chunk)])
+        inputs = []
+        for b in blocks(t):
+            inputs.append(h)
+            h = torch.cat([b(h[i:i + chunk]) for i in range(0, len(h), chunk)])
+        reference = F.log_softmax(_head(t, h), 1)
+        for i, tb in enumerate(blocks(t)):
+            k1, k2 = inner_counts_of(tb, fraction, round_to)
+            _, h = _block(tb, copy.deepcopy(tb), k1, k2, inputs[i], inputs[i], damp, positions, chunk, gen, F)
+            for b in blocks(t)[i + 1:]:
+                h = torch.cat([b(h[j:j + chunk]) for j in range(0, len(h), chunk)])
+            pruned = F.log_softmax(_head(t, h), 1)
+            out.append(float(F.kl_div(pruned, reference, log_target=True, reduction="batchmean")))
+    return out
+
+
+def allocate(model, crop: int, mac_reduction: float, sens: list[float], measured_at: float, round_to: int,
+             most: float = 0.75) -> list[tuple[int, int]]:
+    """Per-block inner channel counts with `mac_reduction` fewer MACs, where they cost least: greedily, `round_to`
+    channels of conv1 and conv2 at a time from the block whose modelled loss grows least per MAC saved. A block's
+    loss at fraction f is modelled as sens * (f / measured_at)^2 (the least useful channels go first); no block
+    loses more than `most` of its channels."""
+    sizes = _output_sizes(model, crop)
+    full = macs(model, crop, sizes=sizes)
+    target = (1 - mac_reduction) * full
+    bs = blocks(model)
+    widths = [(b.conv1.out_channels, b.conv2.out_channels) for b in bs]
+    counts = list(widths)
+
+    def loss(i: int, k: tuple[int, int]) -> float:
+        f = 1 - (k[0] + k[1]) / (widths[i][0] + widths[i][1])
+        return sens[i] * (f / measured_at) ** 2
+
+    current = macs(model, crop, counts, sizes)
+    while current > target:
+        best = None
+        for i, (k1, k2) in enumerate(counts):
+            step = (k1 - round_to, k2 - round_to)
+            if min(step[0] / widths[i][0], step[1] / widths[i][1]) < 1 - most or min(step) < round_to:
+                continue
+            trial = counts[:i] + [step] + counts[i + 1:]
+            saved = current - macs(model, crop, trial, sizes)
+            cost = (loss(i, step) - loss(i, counts[i])) / max(saved, 1)
+            if best is None or cost < best[0]:
+                best = (cost, i, step, current - saved)
+        if best is None:
+            raise UserError(f"pruning inner channels cannot remove {100 * mac_reduction:.0f}% of this model's MACs",
+                            "ask for a smaller pNN, or use --method l1")
+        _, i, step, current = best
+        counts[i] = step
+    return counts
+
+
 class _Ridge:
     """Accumulates X^T X and X^T Y over chunks; solves the ridge regression with a bias column."""
 
@@ -138,9 +212,12 @@ def _rows(y):
 
 
 def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int = 8, damp: float = 1e-3,
-                positions: int = 512, chunk: int = 16, progress: bool = True) -> tuple[object, dict]:
+                positions: int = 512, chunk: int = 16, progress: bool = True,
+                sensitivity_images: int = 0) -> tuple[object, dict]:
     """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
-    pruned block re-fitted on `images` (unlabelled). Returns the model and what was done."""
+    pruned block re-fitted on `images` (unlabelled). The same share of every block's channels, or with
+    `sensitivity_images`, per-block shares from each block's measured sensitivity (`sensitivities`, `allocate`).
+    Returns the model and what was done."""
     torch = require("torch")
     F = torch.nn.functional
     from tqdm import tqdm
@@ -149,6 +226,11 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     crop = preprocess.crop
     fraction = fraction_for(teacher, crop, mac_reduction, round_to)
     counts = inner_counts(teacher, fraction, round_to)
+    sens = None
+    if sensitivity_images:
+        probe = images.sample(sensitivity_images)
+        sens = sensitivities(teacher, probe, preprocess, 0.5, round_to, damp, positions, chunk)
+        counts = allocate(teacher, crop, mac_reduction, sens, 0.5, round_to)
     student = copy.deepcopy(teacher)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -160,8 +242,12 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
         for tb, sb, (k1, k2) in bar:
             x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F)
-    facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "inner_fraction": round(fraction, 4),
-             "round_to": round_to, "images": len(images), "inner_channels": counts}
+    facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
+             "inner_channels": counts, "allocation": "uniform" if sens is None else "sensitivity"}
+    if sens is None:
+        facts["inner_fraction"] = round(fraction, 4)
+    else:
+        facts["sensitivity"] = {"images": sensitivity_images, "fraction": 0.5, "kl": [round(k, 5) for k in sens]}
     return student.eval(), facts
 
 

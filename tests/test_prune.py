@@ -84,6 +84,33 @@ def test_24_masks(tiny_model):
     assert prune.is_24_sparse(np.array([[[[1.0]], [[0.0]], [[2.0]], [[0.0]]]]).reshape(1, 4, 1, 1))
 
 
+def test_24_with_the_second_order_update_stays_closer_to_the_dense_model(tiny_model, data_dirs):
+    """Same sparsity pattern rule, fitted to unlabelled images: outputs closer to the dense model's than magnitude
+    2:4 on images neither saw, and a layer's own output error smaller on the images it was fitted to."""
+    calib, held_out = images(data_dirs["calib"]), images(data_dirs["eval"])
+    magnitude, updated = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    assert prune.sparsify_24(magnitude)["selection"] == "magnitude"
+    facts = prune.sparsify_24(updated, calib, TINY)
+    assert facts["selection"].startswith("second-order") and facts["images"] == len(calib)
+    for name, m in updated.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and name != "conv1":
+            assert prune.is_24_sparse(m.weight.detach().numpy()), name
+    assert _output_error(updated, tiny_model, held_out) < 0.5 * _output_error(magnitude, tiny_model, held_out)
+    # one layer on its own inputs: what the update minimises
+    dense = tiny_model.layer1[0].conv2
+    seen = {}
+    h = dense.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+    with torch.no_grad():
+        tiny_model(torch.from_numpy(TINY.normalize(calib.pixels)))
+    h.remove()
+    x = seen["x"]
+    with torch.no_grad():
+        def err(layer):
+            return float((layer(x) - dense(x)).pow(2).mean())
+
+        assert err(updated.layer1[0].conv2) < 0.7 * err(magnitude.layer1[0].conv2)
+
+
 @pytest.mark.slow
 def test_24_survives_export_and_qdq(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
@@ -114,6 +141,7 @@ def test_24_survives_export_and_qdq(tiny_checkpoint, data_dirs, tmp_path, capsys
     assert set(rows) == {"fp32", "int8", "s24", "s24-int8", "p50", "p50-int8"}
     assert rows["s24"]["sparsity"] == "2:4" and rows["s24"]["recovery"][0] == {"bn_recalibration": 64}
     assert rows["s24"]["recovery"][1]["distillation"]["epochs"] > 0  # what the recovery budget holds
+    assert rows["s24"]["build"]["prune"]["selection"].startswith("second-order")
     assert rows["p50-int8"]["macs"] == rows["p50"]["macs"] < rows["fp32"]["macs"]
     md = (out / "report.md").read_text()
     assert "| p50 |" in md and "BN" in md
@@ -181,3 +209,24 @@ def test_pnn_means_fewer_macs_and_reconstruction_is_the_default(tiny_checkpoint,
     assert rows["p15"]["agreement"] >= 0.9 and rows["p15-int8-cpu"]["macs"] == rows["p15"]["macs"]
     code = main(tiny_run(tiny_checkpoint, data_dirs, tmp_path / "o2", variants="p60"))
     assert code == 2 and "cannot remove 60% of this model's MACs" in capsys.readouterr().err
+
+
+def test_allocation_spares_the_sensitive_block_and_meets_the_mac_target(tiny_model, data_dirs):
+    from compress import reconstruct
+
+    full = reconstruct.macs(tiny_model, TINY.crop)
+    counts = reconstruct.allocate(tiny_model, TINY.crop, 0.2, [1.0, 100.0, 1.0, 1.0], 0.5, round_to=4)
+    assert reconstruct.macs(tiny_model, TINY.crop, counts) <= 0.8 * full
+    assert all(k1 % 4 == 0 and k2 % 4 == 0 for k1, k2 in counts)
+    widths = [(b.conv1.out_channels, b.conv2.out_channels) for b in reconstruct.blocks(tiny_model)]
+    assert counts[1] == widths[1]  # a hundred times as sensitive: untouched while others can give
+    assert counts != widths
+    # measured sensitivities: nothing removed moves nothing; removing half moves the output
+    calib = images(data_dirs["calib"])
+    none = reconstruct.sensitivities(tiny_model, calib, TINY, fraction=0.0, round_to=4)
+    half = reconstruct.sensitivities(tiny_model, calib, TINY, fraction=0.5, round_to=4)
+    assert len(half) == 4 and max(none) < 1e-3 and min(half) > 10 * max(none, default=0) + 1e-6
+    net, facts = reconstruct.reconstruct(tiny_model, calib, TINY, 0.2, round_to=4, progress=False,
+                                         sensitivity_images=32)
+    assert facts["allocation"] == "sensitivity" and len(facts["sensitivity"]["kl"]) == 4
+    assert reconstruct.macs(net, TINY.crop) <= 0.8 * full
