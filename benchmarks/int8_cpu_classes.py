@@ -1,0 +1,98 @@
+"""int8-cpu per CPU class on the reference model: the file made for VNNI CPUs (8-bit weights) and the one made
+for x86 CPUs without VNNI (7-bit weights, `reduce_range`), each with its calibration, against FP32 on the same
+1,000 evaluation images: top-1, agreement, flips, and batch-1 latency in interleaved rounds on this machine.
+
+    python benchmarks/int8_cpu_classes.py [--rounds 3] [--runs 150]
+
+The 7-bit file cannot saturate on any CPU, so its accuracy here is its accuracy everywhere. The 8-bit file on a
+CPU without VNNI runs with session.x64quantprecision=1 (exact, so its accuracy is the one measured here) or, on
+the plain kernels, saturates (not reproducible on a VNNI CPU). Latency is this machine's: on a VNNI CPU both
+files run the same kernels. Writes benchmarks/results/int8-cpu-classes.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--runs", type=int, default=150)
+    a = p.parse_args()
+
+    import calibration
+    from calibration import ranges
+    from calibration.images import Preprocess
+    from compress import backends, export, measure
+    from compress import model as models
+    from compress.backends import onnxruntime as ort
+    from compress.quantize import FORMATS, quantize, this_cpu_class
+
+    pre = Preprocess()
+    work = ROOT / "runs" / "int8-cpu-classes"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "fp32.onnx"
+    if not fp32.exists():
+        ckpt = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
+                              check=True).stdout.split()[-1]
+        export.export(models.load("resnet50-v1", ckpt), fp32, pre.crop,
+                      {"compress.preprocess": json.dumps(pre.to_dict())})
+    evaluation = calibration.load(REF / "imagenet-val", pre, None, work)
+    calib = calibration.load(REF / "imagenet-calib", pre, 512, work)
+    import onnx
+
+    tensors = ranges.tensors_to_calibrate(onnx.load(str(fp32)), FORMATS["int8-cpu"].op_types)
+    stats = ranges.collect(fp32, calib, pre, tensors)
+    base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
+    files = {"fp32": (fp32, "FP32", None)}
+    for cpu, method in (("vnni", "percentile"), ("avx2", "percentile"), ("avx2", "minmax")):
+        name = f"int8-cpu {cpu} {method}"
+        path = work / f"int8-cpu-{cpu}-{method}.onnx"
+        info = quantize(fp32, path, calib, pre, "int8-cpu", method, statistics=stats, cpu=cpu)
+        files[name] = (path, f"{info['weight_bits']}-bit weights, {method} on {len(calib)} images", cpu)
+    rows = []
+    for name, (path, what, cpu) in files.items():
+        pred = measure.top5(ort.logits(path, evaluation, pre, as_written=False))
+        rows.append({"option": name, "what": what, "cpu_class": cpu,
+                     **measure.accuracy(pred, evaluation.labels, base)})
+    timing = backends.latency("onnxruntime-cpu", [{"name": n, "precision": "int8-cpu" if c else "fp32",
+                                                    "path": str(p), "crop": pre.crop, "cpu_class": c}
+                                                   for n, (p, _, c) in files.items()],
+                              a.rounds, a.runs, None, 1)
+    for r in rows:
+        t = timing[r["option"]]
+        r["p50_ms"], r["spread_ms"] = t["latency_ms"]["p50"], t["latency_spread_ms"]
+        r["speedup"] = timing["fp32"]["latency_ms"]["p50"] / r["p50_ms"]
+    env = measure.environment()
+    (ROOT / "benchmarks" / "results" / "int8-cpu-classes.json").write_text(
+        json.dumps({"env": env, "cpu_class_here": this_cpu_class(), "rows": rows}, indent=2) + "\n")
+    fp = rows[0]
+    lines = ["# int8-cpu per CPU class", "",
+             f"Command: `python benchmarks/int8_cpu_classes.py --rounds {a.rounds} --runs {a.runs}`.",
+             f"Machine: {env['cpu']}, {env['cpu_cores']} cores ({', '.join(env['cpu_flags'])}): CPU class "
+             f"`{this_cpu_class()}`; onnxruntime {env['onnxruntime']}, Python {env['python']}.",
+             "ResNet-50 v1, 1,000 evaluation images; calibration on 512 calibration images (shared statistics, as "
+             "`compress run`). Agreement and flips against FP32 on the same images; latency at batch 1, p50 over "
+             f"{a.rounds} interleaved rounds (lowest and highest round median).", "",
+             "| option | weights, calibration | top-1 | Δ | agreement | flips | p50 ms (spread) | speedup |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lo, hi = r["spread_ms"]
+        lines.append(f"| {r['option']} | {r['what']} | {100 * r['top1']:.1f} | "
+                     f"{100 * (r['top1'] - fp['top1']):+.1f} | {100 * r['agreement']:.1f}% | {r['flips']} | "
+                     f"{r['p50_ms']:.1f} ({lo:.1f}–{hi:.1f}) | {r['speedup']:.2f}x |")
+    (ROOT / "benchmarks" / "results" / "int8-cpu-classes.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
