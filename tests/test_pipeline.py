@@ -172,3 +172,24 @@ def test_rows_from_another_device_merge_into_the_report(first_run, tmp_path):
     assert f"| int8 | {gpu} | tensorrt |" in md and "| — |" in md
     again = report.merge(out, rows[:1])  # re-measuring replaces, never duplicates
     assert [r["backend"] for r in again["results"]].count(gpu) == 2
+
+
+def test_int8_cpu_made_for_another_cpu_class_is_labelled_and_warned(tiny_checkpoint, data_dirs, tmp_path, capsys):
+    """A file for CPUs without VNNI made on any machine: its row says 7-bit weights, and on a VNNI CPU the report
+    says what that costs; made for this CPU's class, no warning."""
+    from compress.quantize import this_cpu_class
+
+    other = "avx2" if this_cpu_class() == "vnni" else "vnni"
+    out = tmp_path / "r"
+    assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--cpu-class", other, variants="int8-cpu")) == 0
+    capsys.readouterr()
+    data = json.loads((out / "report.json").read_text())
+    row = next(r for r in data["results"] if r["variant"] == "int8-cpu")
+    assert row["build"]["quantization"]["cpu_class"] == other
+    assert ("7-bit weights" if other == "avx2" else "x64quantprecision=1") in row["latency_method"]
+    assert any(f"--cpu-class {other}" in w for w in data["warnings"])
+    assert "int8-cpu is made for" in (out / "report.md").read_text()
+    assert main(tiny_run(tiny_checkpoint, data_dirs, tmp_path / "same", variants="int8-cpu")) == 0
+    capsys.readouterr()
+    same = json.loads((tmp_path / "same" / "report.json").read_text())
+    assert not any("int8-cpu is made for" in w for w in same["warnings"])
