@@ -1,0 +1,91 @@
+"""How much INT8 accuracy figures move with the calibration images alone: int8-cpu calibrated (as `compress run`
+does: shared statistics, percentile 99.999) on several pseudo-random 512-image subsets of the 1,000 calibration
+images, each scored against FP32 on the same 1,000 evaluation images.
+
+    python benchmarks/calibration_subsets.py [--subsets 5] [--size 512]
+
+Writes benchmarks/results/calibration-subsets.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subsets", type=int, default=5)
+    p.add_argument("--size", type=int, default=512)
+    a = p.parse_args()
+
+    import numpy as np
+    import onnx
+
+    import calibration
+    from calibration import ranges
+    from calibration.images import ImageSet, Preprocess
+    from compress import export, measure
+    from compress import model as models
+    from compress.backends import onnxruntime as ort
+    from compress.quantize import FORMATS, quantize
+
+    pre = Preprocess()
+    work = ROOT / "runs" / "calibration-subsets"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "fp32.onnx"
+    if not fp32.exists():
+        ckpt = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
+                              check=True).stdout.split()[-1]
+        export.export(models.load("resnet50-v1", ckpt), fp32, pre.crop,
+                      {"compress.preprocess": json.dumps(pre.to_dict())})
+    evaluation = calibration.load(REF / "imagenet-val", pre, None, work)
+    every = calibration.load(REF / "imagenet-calib", pre, None, work)
+    tensors = ranges.tensors_to_calibrate(onnx.load(str(fp32)), FORMATS["int8-cpu"].op_types)
+    base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
+    rows = []
+    for seed in range(a.subsets):
+        idx = sorted(random.Random(seed).sample(range(len(every)), a.size))
+        subset = ImageSet(every.root, [every.names[i] for i in idx], every.labels[idx], every.pixels[idx],
+                          [every.hashes[i] for i in idx], [], f"{every.key}[seed {seed}]")
+        stats = ranges.collect(fp32, subset, pre, tensors)
+        path = work / f"int8-cpu-{seed}.onnx"
+        quantize(fp32, path, subset, pre, "int8-cpu", "percentile", statistics=stats, cpu="vnni")
+        pred = measure.top5(ort.logits(path, evaluation, pre, as_written=False))
+        rows.append({"seed": seed, **measure.accuracy(pred, evaluation.labels, base)})
+        print(rows[-1], flush=True)
+    fp = float((base[:, 0] == evaluation.labels).mean())
+    top1 = np.array([r["top1"] for r in rows])
+    agree = np.array([r["agreement"] for r in rows])
+    env = measure.environment()
+    results = ROOT / "benchmarks" / "results"
+    (results / "calibration-subsets.json").write_text(json.dumps({"env": env, "fp32_top1": fp, "rows": rows},
+                                                                 indent=2) + "\n")
+    lines = ["# INT8 accuracy across calibration subsets", "",
+             f"Command: `python benchmarks/calibration_subsets.py --subsets {a.subsets} --size {a.size}`.",
+             f"Machine: {env['cpu']}, {env['cpu_cores']} cores ({', '.join(env['cpu_flags'])}); onnxruntime "
+             f"{env['onnxruntime']}.",
+             f"ResNet-50 v1 `int8-cpu` (8-bit weights), percentile 99.999 from shared statistics, calibrated on "
+             f"{a.size} of the 1,000 calibration images drawn with seeds 0..{a.subsets - 1}; 1,000 evaluation "
+             f"images, FP32 top-1 {100 * fp:.1f}%.", "",
+             "| subset seed | top-1 | Δ vs FP32 | agreement | flips |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {100 * r['top1']:.1f}% | {100 * (r['top1'] - fp):+.1f} | "
+                     f"{100 * r['agreement']:.1f}% | {r['flips']} |")
+    lines += ["", f"Top-1 {100 * top1.mean():.2f}% ± {100 * top1.std(ddof=1):.2f} (mean ± sd over subsets), range "
+              f"{100 * top1.min():.1f}–{100 * top1.max():.1f}; agreement {100 * agree.mean():.2f}% ± "
+              f"{100 * agree.std(ddof=1):.2f}, range {100 * agree.min():.1f}–{100 * agree.max():.1f}."]
+    (results / "calibration-subsets.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
