@@ -34,7 +34,8 @@ class Statistics:
     whole bins) when larger values arrive. Folding it at 0 gives the histogram of |x| with BINS bins over
     [0, T] that symmetric percentile calibration reads; as it is, x over [-T, T] for asymmetric percentile.
     Either is merged into onnxruntime's layout for all the data at once (BINS bins over the final range) before
-    its collector computes the percentile, so ranges do not depend on how the images were batched."""
+    its collector computes the percentile. The first batch sets the bin width, so the order of the images can
+    still move a range by up to one of those bins (benchmarks/results/calibration-subsets.md)."""
 
     lo: dict[str, float] = field(default_factory=dict)
     hi: dict[str, float] = field(default_factory=dict)
