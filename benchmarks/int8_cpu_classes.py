@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference"
+from run import REF, ROOT, reference_onnx
+
 sys.path.insert(0, str(ROOT))
 
 
@@ -32,20 +30,13 @@ def main() -> None:
     import calibration
     from calibration import ranges
     from calibration.images import Preprocess
-    from compress import backends, export, measure
-    from compress import model as models
+    from compress import backends, measure
     from compress.backends import onnxruntime as ort
     from compress.quantize import FORMATS, quantize, this_cpu_class
 
     pre = Preprocess()
     work = ROOT / "runs" / "int8-cpu-classes"
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = work / "fp32.onnx"
-    if not fp32.exists():
-        ckpt = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
-                              check=True).stdout.split()[-1]
-        export.export(models.load("resnet50-v1", ckpt), fp32, pre.crop,
-                      {"compress.preprocess": json.dumps(pre.to_dict())})
+    fp32 = reference_onnx(work, pre)
     evaluation = calibration.load(REF / "imagenet-val", pre, None, work)
     calib = calibration.load(REF / "imagenet-calib", pre, 512, work)
     import onnx

@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from run import RESULTS, machine, run
+from run import REF, RESULTS, machine, reference_checkpoint, run
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference"
-
-
-def reference_model() -> str:
-    out = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -31,7 +23,7 @@ def main() -> None:
     p.add_argument("--ratios", default="0.2,0.3,0.5")
     p.add_argument("--methods", default="reconstruct,l1")
     a = p.parse_args()
-    common = ["--model", reference_model(), "--arch", "resnet50-v1", "--data", str(REF / "imagenet-val"),
+    common = ["--model", reference_checkpoint(), "--arch", "resnet50-v1", "--data", str(REF / "imagenet-val"),
               "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,int8-cpu", "--prune-ratios", a.ratios,
               "--backends", "onnxruntime-cpu"]
     names = {"reconstruct": "prune-reconstruct", "l1": "prune-l1-bn"}

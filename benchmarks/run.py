@@ -21,6 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+REF = ROOT.parent / "shared" / "reference"
+
+
+def reference_checkpoint() -> str:
+    """The reference ResNet-50's state_dict path (fetched and converted once, then cached)."""
+    out = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def reference_onnx(work: Path, preprocess) -> Path:
+    """The reference model exported to ONNX in `work` (once), with its preprocessing in the metadata."""
+    from compress import export
+    from compress import model as models
+
+    path = work / "fp32.onnx"
+    if not path.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        export.export(models.load("resnet50-v1", reference_checkpoint()), path, preprocess.crop,
+                      {"compress.preprocess": json.dumps(preprocess.to_dict())})
+    return path
+
+
 def machine(env: dict) -> str:
     return (f"{env['cpu']}, {env['cpu_cores']} cores ({', '.join(env['cpu_flags'])}); {env['platform']}; "
             f"Python {env['python']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, torch {env['torch']}")

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference"
+from run import REF, ROOT, reference_checkpoint
+
 sys.path.insert(0, str(ROOT))
 
 
@@ -38,9 +36,7 @@ def main() -> None:
 
     pre = Preprocess()
     cache = ROOT / "runs" / "s24-update"
-    ckpt = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
-                          check=True).stdout.split()[-1]
-    teacher = models.load("resnet50-v1", ckpt)
+    teacher = models.load("resnet50-v1", reference_checkpoint())
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     recovery = calibration.load(REF / "imagenet-calib", pre, None, cache)
 
