@@ -187,9 +187,13 @@ class Pipeline:
 
         from compress import prune
 
-        if keep.exists():
-            record = prune.load_record(keep)
-            return prune.load(keep), record["facts"]["pruning"], record["facts"]["steps"]
+        if keep.exists():  # the cache may have travelled with the run directory: used only if it is whole
+            try:
+                facts = prune.load_record(keep)["facts"]
+                if isinstance(facts.get("pruning"), dict) and isinstance(facts.get("steps"), list):
+                    return prune.load(keep), facts["pruning"], facts["steps"]
+            except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+                pass
         p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images
         steps: list = []
         if v.prune_ratio is not None and p.method == "reconstruct":
@@ -230,10 +234,9 @@ class Pipeline:
         p = self.spec.prune
         if p.distill_epochs is not None:
             return p.distill_epochs
-        if plan.exists():
-            recorded = read_json(plan).get("epochs")
-            if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
-                return recorded
+        recorded = (_read_record(plan) or {}).get("epochs")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
+            return recorded
         from compress import distill
 
         images = self.recovery_images

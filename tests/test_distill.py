@@ -165,3 +165,57 @@ def test_distill_a_run_directory_then_the_run_keeps_it(tiny_checkpoint, data_dir
                         (["--variant", "p15", "--images", str(tmp_path / "none")], "--images folder not found")):
         argv = ["distill", str(out), "--images", str(data_dirs["train"]), "--epochs", "1", *bad]
         assert main(argv) == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_recovery_resumes_without_redoing_what_was_finished(tiny_checkpoint, data_dirs, tmp_path, capsys,
+                                                                      monkeypatch):
+    """`compress run` killed in distillation's second epoch: the next run takes the pruned model and the finished
+    epoch from the run's cache (no second reconstruction), and the cache goes once the variant is written. A
+    damaged cache is not trusted: the recovery is redone."""
+    import json
+
+    from conftest import tiny_run
+
+    from compress import distill as distill_module
+    from compress import reconstruct as reconstruct_module
+    from compress.cli import main
+
+    out = tmp_path / "run"
+    args = tiny_run(tiny_checkpoint, data_dirs, out, "--round-to", "4", "--distill-epochs", "3",
+                    "--distill-lr", "1e-3", variants="p15")
+    real, real_reconstruct = distill_module.distill, reconstruct_module.reconstruct
+
+    def interrupted(*a, **k):
+        def stop(epoch, step):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        return real(*a, **{**k, "on_step": stop})
+
+    monkeypatch.setattr(distill_module, "distill", interrupted)
+    assert main(args) == 130
+    work = next((out / "cache").glob("recover-p15-*"))
+    assert (work / "pruned.pt").is_file() and (work / "distill.pt").is_file()
+    monkeypatch.setattr(distill_module, "distill", real)
+    monkeypatch.setattr(reconstruct_module, "reconstruct", lambda *a, **k: pytest.fail("reconstructed again"))
+    capsys.readouterr()
+    assert main(args) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    done = rows["p15"]["recovery"][1]["distillation"]
+    assert done["resumed_at"] == 1 and done["epochs"] == 3 and len(done["losses"]) == 3
+    assert not work.exists()
+    # a damaged cache (it may have travelled with the run directory): not trusted, the pruning redone
+    monkeypatch.setattr(distill_module, "distill", interrupted)
+    monkeypatch.setattr(reconstruct_module, "reconstruct", real_reconstruct)
+    again = tmp_path / "again"
+    args = [x if x != str(out) else str(again) for x in args]
+    assert main(args) == 130
+    work = next((again / "cache").glob("recover-p15-*"))
+    (work / "pruned.pt").write_bytes(b"not a checkpoint")
+    (work / "plan.json").write_text("{not json")
+    monkeypatch.setattr(distill_module, "distill", real)
+    capsys.readouterr()
+    assert main(args) == 0
+    rows = {r["variant"]: r for r in json.loads((again / "report.json").read_text())["results"]}
+    assert [next(iter(s)) for s in rows["p15"]["recovery"]] == ["reconstruction", "distillation"]
