@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 
 from run import REF, ROOT, reference_onnx
@@ -30,7 +29,7 @@ def main() -> None:
 
     import calibration
     from calibration import ranges
-    from calibration.images import ImageSet, Preprocess
+    from calibration.images import Preprocess
     from compress import measure
     from compress.backends import onnxruntime as ort
     from compress.quantize import FORMATS, quantize
@@ -44,9 +43,7 @@ def main() -> None:
     base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
     rows = []
     for seed in range(a.subsets):
-        idx = sorted(random.Random(seed).sample(range(len(every)), a.size))
-        subset = ImageSet(every.root, [every.names[i] for i in idx], every.labels[idx], every.pixels[idx],
-                          [every.hashes[i] for i in idx], [], f"{every.key}[seed {seed}]")
+        subset = every.sample(a.size, seed)
         stats = ranges.collect(fp32, subset, pre, tensors)
         path = work / f"int8-cpu-{seed}.onnx"
         quantize(fp32, path, subset, pre, "int8-cpu", "percentile", statistics=stats, cpu="vnni")

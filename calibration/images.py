@@ -123,13 +123,14 @@ class ImageSet:
         return ImageSet(self.root, self.names[:n], self.labels[:n], self.pixels[:n], self.hashes[:n], [],
                         f"{self.key}[:{n}]")
 
-    def sample(self, n: int) -> ImageSet:
-        """A fixed pseudo-random n of the images (the ones `load` picks with limit n), as a set of their own."""
+    def sample(self, n: int, seed: int = 0) -> ImageSet:
+        """A fixed pseudo-random n of the images (with seed 0, the ones `load` picks with limit n), as a set of
+        their own."""
         if n >= len(self):
             return self
-        idx = sorted(random.Random(0).sample(range(len(self)), n))
+        idx = sorted(sample(list(range(len(self))), n, seed))
         return ImageSet(self.root, [self.names[i] for i in idx], self.labels[idx], self.pixels[idx],
-                        [self.hashes[i] for i in idx], [], f"{self.key}[sample {n}]")
+                        [self.hashes[i] for i in idx], [], f"{self.key}[sample {n}, seed {seed}]")
 
     def batches(self, preprocess: Preprocess, batch_size: int):
         """Yield (normalised float32 NCHW batch, labels) pairs."""

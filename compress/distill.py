@@ -271,15 +271,15 @@ def distill_variant(root, name: str, folder: str, spec: DistillSpec) -> dict:
     meta = export.metadata(onnx_path)
     pre = preprocess_of(meta, onnx_path)
     images = calibration.load(folder, pre, None, run.cache, progress="decode distillation" if rank == 0 else None)
-    student, teacher = prune.load(student_path), prune.load(teacher_path)
-    arch = prune.load_record(student_path)["arch"]
+    saved = prune.load_record(student_path)
+    student, teacher = prune.from_record(saved, student_path), prune.load(teacher_path)
     plan = sha256_json([sha256_file(student_path), asdict(spec), images.key])
     checkpoint = run.cache / f"distill-{name}-{plan[:16]}.pt"
     facts = distill(student, teacher, images, pre, spec, checkpoint, progress=rank == 0)
     if rank != 0:
         return facts
     with run.lock():
-        prune.save(student, student_path, arch, prune.load_record(student_path)["facts"])
+        prune.save(student, student_path, saved["arch"], saved["facts"])
         export.export(student, onnx_path, pre.crop, meta)
         sample = pre.normalize(images.pixels[:8])
         record["recovery"] = [*record["recovery"], {"distillation": facts}]

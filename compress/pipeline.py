@@ -189,9 +189,10 @@ class Pipeline:
 
         if keep.exists():  # the cache may have travelled with the run directory: used only if it is whole
             try:
-                facts = prune.load_record(keep)["facts"]
+                record = prune.load_record(keep)
+                facts = record["facts"]
                 if isinstance(facts.get("pruning"), dict) and isinstance(facts.get("steps"), list):
-                    return prune.load(keep), facts["pruning"], facts["steps"]
+                    return prune.from_record(record, keep), facts["pruning"], facts["steps"]
             except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError):
                 pass
         p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images

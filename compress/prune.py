@@ -235,10 +235,14 @@ def load_record(path: str | Path) -> dict:
 
 def load(path: str | Path):
     """Rebuild the architecture, resize every conv, BN and linear layer to the saved shapes, load the weights."""
+    return from_record(load_record(path), path)
+
+
+def from_record(record: dict, path: str | Path):
+    """The model a `load_record` record holds (`path`: where it came from, for messages)."""
     torch = require("torch")
     from compress import model as models
 
-    record = load_record(path)
     net = models.build(record["arch"], record["num_classes"])
     sd = record["state_dict"]
     nn = torch.nn

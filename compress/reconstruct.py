@@ -105,6 +105,17 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float
     return high
 
 
+def _chunked(f, x, chunk: int):
+    """f over x, `chunk` images at a time (memory of one chunk's intermediates)."""
+    torch = require("torch")
+    return torch.cat([f(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def _stem(model, x, chunk: int):
+    """The input of the first block: conv1, BN, ReLU, max-pool."""
+    return _chunked(lambda xs: model.maxpool(model.relu(model.bn1(model.conv1(xs)))), x, chunk)
+
+
 def _head(model, x):
     torch = require("torch")
     return model.fc(torch.flatten(model.avgpool(x), 1))
@@ -121,17 +132,17 @@ def sensitivities(teacher, images, preprocess, fraction: float = 0.5, round_to: 
     out = []
     with torch.no_grad():
         x = torch.from_numpy(preprocess.normalize(images.pixels))
-        h = torch.cat([t.maxpool(t.relu(t.bn1(t.conv1(x[i:i + chunk])))) for i in range(0, len(x), chunk)])
+        h = _stem(t, x, chunk)
         inputs = []
         for b in blocks(t):
             inputs.append(h)
-            h = torch.cat([b(h[i:i + chunk]) for i in range(0, len(h), chunk)])
+            h = _chunked(b, h, chunk)
         reference = F.log_softmax(_head(t, h), 1)
         for i, tb in enumerate(blocks(t)):
             k1, k2 = inner_counts_of(tb, fraction, round_to)
             _, h = _block(tb, copy.deepcopy(tb), k1, k2, inputs[i], inputs[i], damp, positions, chunk, gen, F)
             for b in blocks(t)[i + 1:]:
-                h = torch.cat([b(h[j:j + chunk]) for j in range(0, len(h), chunk)])
+                h = _chunked(b, h, chunk)
             pruned = F.log_softmax(_head(t, h), 1)
             out.append(float(F.kl_div(pruned, reference, log_target=True, reduction="batchmean")))
     return out
@@ -235,8 +246,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         x = torch.from_numpy(preprocess.normalize(images.pixels))
-        t = teacher
-        x_fp = torch.cat([t.maxpool(t.relu(t.bn1(t.conv1(x[i:i + chunk])))) for i in range(0, len(x), chunk)])
+        x_fp = _stem(teacher, x, chunk)
         x_pr = x_fp.clone()
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
