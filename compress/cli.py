@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--calib", help="calibration images (disjoint from --data); needed by INT8 variants and pruning")
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--variants", default="fp32,int8",
-                   help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU), pNN, s24, and "
+                   help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU), pNN, dN, s24, and "
                    "pruned+quantized such as p30-int8 (default: fp32,int8)")
     r.add_argument("--resize", type=_bounded(16, 4096), default=256, help="shorter side before the crop (default 256)")
     r.add_argument("--crop", type=_bounded(8, 2048), default=224, help="center crop (default 224)")
@@ -109,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
                     help="exit 3 if any variant's top-1 is more than POINTS below FP32")
     bu.add_argument("--min-agreement", type=_finite, metavar="FRACTION",
                     help="exit 3 if any variant agrees with FP32's top-1 on fewer images (e.g. 0.985)")
-    pr = r.add_argument_group("prune (variants pNN: NN%% of the MACs removed; s24: 2:4 sparse weights)")
+    pr = r.add_argument_group("prune (variants pNN: NN%% of the MACs removed; dN: the N least sensitive residual "
+                              "blocks dropped; s24: 2:4 sparse weights)")
     pr.add_argument("--prune-ratios", metavar="R,R,...", help="sweep: add pNN (and pNN-int8 ...) for each ratio")
     pr.add_argument("--method", default="reconstruct", choices=["reconstruct", "l1", "l2", "taylor"],
                     help="reconstruct: inner bottleneck channels re-fitted to the FP32 activations on unlabelled "

@@ -197,7 +197,15 @@ class Pipeline:
                 pass
         p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images
         steps: list = []
-        if v.prune_ratio is not None and p.method == "reconstruct":
+        if v.dropped_blocks is not None:
+            from compress import reconstruct
+
+            subset = recovery.sample(p.reconstruction_images)
+            started = time.perf_counter()
+            net, facts = reconstruct.drop(teacher, subset, self.pre, v.dropped_blocks)
+            facts.update(prune.count(net, self.pre.crop))
+            steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
+        elif v.prune_ratio is not None and p.method == "reconstruct":
             from compress import reconstruct
 
             subset = recovery.sample(p.reconstruction_images)

@@ -241,11 +241,17 @@ def load(path: str | Path):
 def from_record(record: dict, path: str | Path):
     """The model a `load_record` record holds (`path`: where it came from, for messages)."""
     torch = require("torch")
+    from torchvision.models.resnet import Bottleneck
+
     from compress import model as models
 
     net = models.build(record["arch"], record["num_classes"])
     sd = record["state_dict"]
     nn = torch.nn
+    for name, m in list(net.named_modules()):  # a block without weights was dropped (dN)
+        if isinstance(m, Bottleneck) and m.downsample is None and f"{name}.conv1.weight" not in sd:
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, nn.Identity())
     for name, m in list(net.named_modules()):
         w = sd.get(f"{name}.weight")
         if w is None or tuple(w.shape) == tuple(m.weight.shape):

@@ -1,6 +1,6 @@
-"""Pruning with reconstruction: remove inner bottleneck channels, then re-fit the layers that consume them so the
-pruned network reproduces the FP32 network's activations on unlabelled images. No labels, no backprop, minutes
-on a CPU.
+"""Pruning with reconstruction: remove inner bottleneck channels (pNN) or whole blocks (dN, `drop`), then re-fit
+the layers that consume them so the pruned network reproduces the FP32 network's activations on unlabelled
+images. No labels, no backprop, minutes on a CPU.
 
 Where: the inner channels of every residual block (the outputs of conv1 and conv2), never the residual stream,
 the stem or the classifier: they carry most of the MACs (conv2 loses them on both sides) and no other block
@@ -328,6 +328,77 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
     return torch.cat(nxt_fp), torch.cat(nxt_pr)
+
+
+def droppable(model) -> list[int]:
+    """Indices (in `blocks`) of the blocks whose shortcut is the identity: the network still fits without them."""
+    return [i for i, b in enumerate(blocks(model)) if b.downsample is None]
+
+
+def drop_sensitivities(teacher, images, preprocess, chunk: int = 16) -> dict[int, float]:
+    """Per droppable block, how much the network's output moves without it (nothing re-fitted): KL(FP32 ||
+    dropped) of the softmax outputs, mean over `images`."""
+    torch = require("torch")
+    F = torch.nn.functional
+    t = teacher.eval()
+    bs = blocks(t)
+    out = {}
+    with torch.no_grad():
+        h = _stem(t, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        inputs = []
+        for b in bs:
+            inputs.append(h)
+            h = _chunked(b, h, chunk)
+        reference = F.log_softmax(_head(t, h), 1)
+        for i in droppable(t):
+            h = inputs[i]
+            for b in bs[i + 1:]:
+                h = _chunked(b, h, chunk)
+            dropped = F.log_softmax(_head(t, h), 1)
+            out[i] = float(F.kl_div(dropped, reference, log_target=True, reduction="batchmean"))
+    return out
+
+
+def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int = 512, chunk: int = 16,
+         progress: bool = True, sensitivity_images: int = 64) -> tuple[object, dict]:
+    """A copy of `teacher` without its `n` least sensitive identity-shortcut blocks (`drop_sensitivities` on
+    `sensitivity_images` of `images`), every block after the first one dropped re-fitted on `images` as
+    `reconstruct` does, at full width: from the dropped network's own inputs to the FP32 activations, so each
+    block's conv3 makes up what the blocks before it no longer add. Returns the model and what was done."""
+    torch = require("torch")
+    F = torch.nn.functional
+    from torchvision.models.resnet import Bottleneck
+    from tqdm import tqdm
+
+    teacher = teacher.eval()
+    candidates = droppable(teacher)
+    if not 0 < n <= len(candidates):
+        raise UserError(f"d{n}: this model has {len(candidates)} blocks that can be dropped",
+                        f"ask for d1..d{len(candidates)}")
+    sens = drop_sensitivities(teacher, images.sample(sensitivity_images), preprocess, chunk)
+    gone = sorted(sorted(sens, key=sens.__getitem__)[:n])
+    student = copy.deepcopy(teacher)
+    names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x_fp = _stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        x_pr = x_fp
+        pairs = list(enumerate(zip(blocks(teacher), blocks(student))))
+        bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
+        for i, (tb, sb) in bar:
+            if i in gone or x_pr is x_fp:  # dropped, or before the first drop: nothing to make up yet
+                x_fp = _chunked(tb, x_fp, chunk)
+                x_pr = x_pr if i in gone else x_fp
+                continue
+            x_fp, x_pr = _block(tb, sb, tb.conv1.out_channels, tb.conv2.out_channels, x_fp, x_pr, damp, positions,
+                                chunk, gen, F)
+    for i in gone:
+        parent, _, child = names[i].rpartition(".")
+        setattr(student.get_submodule(parent), child, torch.nn.Identity())
+    facts = {"method": "drop", "blocks_dropped": [names[i] for i in gone], "images": len(images),
+             "sensitivity": {"images": min(sensitivity_images, len(images)),
+                             "kl": {names[i]: round(k, 5) for i, k in sens.items()}}}
+    return student.eval(), facts
 
 
 def _identity_bn(bias):

@@ -36,7 +36,7 @@ FORMAT = 1  # bump when the layout changes; `RunDir.open` refuses a layout it do
 
 # the runtime each precision's file is made for: float files run anywhere, each INT8 format on its own runtime
 TARGETS = {"fp32": "any", **{name: f.target for name, f in FORMATS.items()}}
-_VARIANT = re.compile(r"^(?:(?P<prune>p\d{1,2}|s24)(?:-|$))?(?P<precision>fp32|int8-cpu|int8)?(?P<mixed>-mixed)?$")
+_VARIANT = re.compile(r"^(?:(?P<prune>[pd]\d{1,2}|s24)(?:-|$))?(?P<precision>fp32|int8-cpu|int8)?(?P<mixed>-mixed)?$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,10 @@ class Variant:
         return int(self.prune[1:]) / 100 if self.prune and self.prune.startswith("p") else None
 
     @property
+    def dropped_blocks(self) -> int | None:
+        return int(self.prune[1:]) if self.prune and self.prune.startswith("d") else None
+
+    @property
     def target(self) -> str:
         return TARGETS[self.precision]
 
@@ -72,11 +76,13 @@ def parse_variant(name: str) -> Variant:
     m = _VARIANT.match(text)
     if not text or not m or (m["mixed"] and m["precision"] not in ("int8",)):
         raise UserError(f"unknown variant {str(name)[:40]!r}",
-                        "variants are fp32, int8, int8-cpu, pNN (NN% channels pruned), s24 (2:4 sparse), "
-                        "and pruned+quantized such as p30-int8")
+                        "variants are fp32, int8, int8-cpu, pNN (NN% fewer MACs), dN (N blocks dropped), "
+                        "s24 (2:4 sparse), and pruned+quantized such as p30-int8")
     prune, precision = m["prune"], m["precision"] or "fp32"
     if prune and prune.startswith("p") and not 0 < int(prune[1:]) < 100:
         raise UserError(f"variant {text!r}: the pruning ratio must be 1..99 percent")
+    if prune and prune.startswith("d") and not int(prune[1:]) > 0:
+        raise UserError(f"variant {text!r}: drop at least one block (d1, d2, ...)")
     return Variant(text, prune, precision, bool(m["mixed"]))
 
 

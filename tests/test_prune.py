@@ -230,3 +230,63 @@ def test_allocation_spares_the_sensitive_block_and_meets_the_mac_target(tiny_mod
                                          sensitivity_images=32)
     assert facts["allocation"] == "sensitivity" and len(facts["sensitivity"]["kl"]) == 4
     assert reconstruct.macs(net, TINY.crop) <= 0.8 * full
+
+
+def test_variant_grammar_and_lineage():
+    from compress.errors import UserError
+    from compress.rundir import parse_variant, parse_variants
+
+    v = parse_variant("d3-int8-cpu")
+    assert (v.prune, v.precision, v.dropped_blocks, v.prune_ratio, v.parent) == ("d3", "int8-cpu", 3, None, "d3")
+    assert parse_variant("d3").parent == "fp32" and parse_variant("p30").dropped_blocks is None
+    assert parse_variant("p30").prune_ratio == 0.3 and parse_variant("s24-int8").parent == "s24"
+    assert [x.name for x in parse_variants("d2-int8")] == ["fp32", "d2", "d2-int8"]  # parents first
+    for bad in ("d0", "p0", "p100", "d", "x3", "d3-fp16", "int8-mixed"):
+        with pytest.raises(UserError):
+            parse_variants(bad)
+
+
+def test_dropping_spares_the_sensitive_block_and_refits_what_follows(tiny_model, data_dirs, tmp_path):
+    """dN drops the block whose removal moves the output least (planted: the other candidate's residual is
+    amplified), then re-fits the blocks after it: closer to the dense model than the bare drop, on images
+    neither saw; the dropped model reloads safely."""
+    from compress import reconstruct
+    from compress.errors import UserError
+
+    teacher = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        teacher.layer2[1].bn3.weight.mul_(4)  # layer2.1 now adds a lot: dropping it would cost most
+        teacher.layer2[1].bn3.bias.mul_(4)
+    calib, held_out = images(data_dirs["calib"]), images(data_dirs["eval"])
+    names = [n for n, m in teacher.named_modules() if type(m).__name__ == "Bottleneck"]
+    assert [names[i] for i in reconstruct.droppable(teacher)] == ["layer1.1", "layer2.1"]  # identity shortcuts
+    sens = reconstruct.drop_sensitivities(teacher, calib, TINY)
+    assert sens[3] > 3 * sens[1] > 0
+    dropped, facts = reconstruct.drop(teacher, calib, TINY, 1, progress=False)
+    assert facts["method"] == "drop" and facts["blocks_dropped"] == ["layer1.1"]
+    assert isinstance(dropped.layer1[1], torch.nn.Identity)
+    bare = copy.deepcopy(teacher)
+    bare.layer1[1] = torch.nn.Identity()
+    assert _output_error(dropped, teacher, held_out) < 0.5 * _output_error(bare, teacher, held_out)
+    assert prune.count(dropped, TINY.crop)["macs"] < prune.count(teacher, TINY.crop)["macs"]
+    prune.save(dropped, tmp_path / "d1.pt", "test-resnet", facts)
+    again = prune.load(tmp_path / "d1.pt")
+    x = torch.from_numpy(TINY.normalize(held_out.pixels[:8]))
+    with torch.no_grad():
+        assert isinstance(again.layer1[1], torch.nn.Identity) and torch.equal(again(x), dropped(x))
+    with pytest.raises(UserError, match="2 blocks that can be dropped"):
+        reconstruct.drop(teacher, calib, TINY, 3, progress=False)
+
+
+@pytest.mark.slow
+def test_dn_and_its_int8_cpu_sibling_run_end_to_end(tiny_checkpoint, data_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--distill-epochs", "1", variants="d1,d1-int8-cpu")) == 0
+    capsys.readouterr()
+    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    assert rows["d1"]["recovery"][0]["reconstruction"] == 64
+    assert rows["d1"]["macs"] < 0.95 * rows["fp32"]["macs"] and rows["d1-int8-cpu"]["macs"] == rows["d1"]["macs"]
+    assert rows["d1"]["agreement"] >= 0.8
+    convs = {v: sum(n.op_type == "Conv" for n in onnx.load(str(out / f"variants/{v}/model.onnx")).graph.node)
+             for v in ("fp32", "d1")}
+    assert convs["d1"] == convs["fp32"] - 3  # the block's three convs are gone from the deployed file
