@@ -335,36 +335,43 @@ def droppable(model) -> list[int]:
     return [i for i, b in enumerate(blocks(model)) if b.downsample is None]
 
 
-def drop_sensitivities(teacher, images, preprocess, chunk: int = 16) -> dict[int, float]:
-    """Per droppable block, how much the network's output moves without it (nothing re-fitted): KL(FP32 ||
-    dropped) of the softmax outputs, mean over `images`."""
+def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) -> dict[int, float]:
+    """Per droppable block not in `gone`, how much the network's output moves when it is dropped too (nothing
+    re-fitted): KL(FP32 || dropped) of the softmax outputs, mean over `images`."""
     torch = require("torch")
     F = torch.nn.functional
     t = teacher.eval()
     bs = blocks(t)
     out = {}
     with torch.no_grad():
-        h = _stem(t, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
-        inputs = []
+        x = _stem(t, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        h = x
         for b in bs:
-            inputs.append(h)
             h = _chunked(b, h, chunk)
         reference = F.log_softmax(_head(t, h), 1)
+        h, inputs = x, []
+        for i, b in enumerate(bs):  # the inputs of each block with `gone` already dropped
+            inputs.append(h)
+            h = h if i in gone else _chunked(b, h, chunk)
         for i in droppable(t):
+            if i in gone:
+                continue
             h = inputs[i]
-            for b in bs[i + 1:]:
-                h = _chunked(b, h, chunk)
+            for j in range(i + 1, len(bs)):
+                h = h if j in gone else _chunked(bs[j], h, chunk)
             dropped = F.log_softmax(_head(t, h), 1)
             out[i] = float(F.kl_div(dropped, reference, log_target=True, reduction="batchmean"))
     return out
 
 
 def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int = 512, chunk: int = 16,
-         progress: bool = True, sensitivity_images: int = 64) -> tuple[object, dict]:
-    """A copy of `teacher` without its `n` least sensitive identity-shortcut blocks (`drop_sensitivities` on
-    `sensitivity_images` of `images`), every block after the first one dropped re-fitted on `images` as
-    `reconstruct` does, at full width: from the dropped network's own inputs to the FP32 activations, so each
-    block's conv3 makes up what the blocks before it no longer add. Returns the model and what was done."""
+         progress: bool = True, sensitivity_images: int = 64, greedy: bool = True) -> tuple[object, dict]:
+    """A copy of `teacher` without `n` identity-shortcut blocks, chosen greedily: each time the one whose drop moves
+    the output least with those already chosen gone (`drop_sensitivities` on `sensitivity_images` of `images`;
+    `greedy=False`: the n least sensitive alone, measured once).
+    Then every block after the first one dropped is re-fitted on `images` as `reconstruct` does, at full width:
+    from the dropped network's own inputs to the FP32 activations, so each block's conv3 makes up what the blocks
+    before it no longer add. Returns the model and what was done."""
     torch = require("torch")
     F = torch.nn.functional
     from torchvision.models.resnet import Bottleneck
@@ -375,8 +382,12 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
     if not 0 < n <= len(candidates):
         raise UserError(f"d{n}: this model has {len(candidates)} blocks that can be dropped",
                         f"ask for d1..d{len(candidates)}")
-    sens = drop_sensitivities(teacher, images.sample(sensitivity_images), preprocess, chunk)
-    gone = sorted(sorted(sens, key=sens.__getitem__)[:n])
+    probe, gone, chosen = images.sample(sensitivity_images), [], []
+    for _ in range(n if greedy else 1):  # each block's cost measured with those already chosen gone
+        sens = drop_sensitivities(teacher, probe, preprocess, gone, chunk)
+        gone += sorted(sens, key=sens.__getitem__)[: 1 if greedy else n]
+        chosen.append(sens)
+    gone.sort()
     student = copy.deepcopy(teacher)
     names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
     gen = torch.Generator().manual_seed(0)
@@ -395,9 +406,10 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
     for i in gone:
         parent, _, child = names[i].rpartition(".")
         setattr(student.get_submodule(parent), child, torch.nn.Identity())
-    facts = {"method": "drop", "blocks_dropped": [names[i] for i in gone], "images": len(images),
+    facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
+             "blocks_dropped": [names[i] for i in gone], "images": len(images),
              "sensitivity": {"images": min(sensitivity_images, len(images)),
-                             "kl": {names[i]: round(k, 5) for i, k in sens.items()}}}
+                             "kl": [{names[i]: round(k, 5) for i, k in step.items()} for step in chosen]}}
     return student.eval(), facts
 
 

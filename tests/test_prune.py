@@ -262,6 +262,7 @@ def test_dropping_spares_the_sensitive_block_and_refits_what_follows(tiny_model,
     assert [names[i] for i in reconstruct.droppable(teacher)] == ["layer1.1", "layer2.1"]  # identity shortcuts
     sens = reconstruct.drop_sensitivities(teacher, calib, TINY)
     assert sens[3] > 3 * sens[1] > 0
+    assert reconstruct.drop_sensitivities(teacher, calib, TINY, gone=[1]).keys() == {3}  # measured with 1 gone
     dropped, facts = reconstruct.drop(teacher, calib, TINY, 1, progress=False)
     assert facts["method"] == "drop" and facts["blocks_dropped"] == ["layer1.1"]
     assert isinstance(dropped.layer1[1], torch.nn.Identity)
