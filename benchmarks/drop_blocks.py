@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from run import REF, ROOT, reference_checkpoint
+from run import REF, ROOT, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -27,7 +27,6 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512, help="calibration images the re-fit uses")
     a = p.parse_args()
 
-    import numpy as np
     import torch
 
     import calibration
@@ -41,12 +40,8 @@ def main() -> None:
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     recovery = calibration.load(REF / "imagenet-calib", pre, None, cache).sample(a.images)
 
-    def top5(net) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for batch, _ in evaluation.batches(pre, 50):
-                out.append(net.eval()(torch.from_numpy(batch)).numpy())
-        return measure.top5(np.concatenate(out))
+    def top5(net):
+        return torch_top5(net, evaluation, pre)
 
     base = top5(teacher)
     macs = prune.count(teacher, pre.crop)["macs"]

@@ -24,6 +24,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 REF = ROOT.parent / "shared" / "reference"
 
 
+def torch_top5(net, images, preprocess, batch_size: int = 50):
+    """Top-5 predictions of a torch model on an ImageSet, in eval mode on the CPU (accuracy-only studies)."""
+    import numpy as np
+    import torch
+
+    from compress import measure
+
+    out = []
+    with torch.no_grad():
+        for batch, _ in images.batches(preprocess, batch_size):
+            out.append(net.eval()(torch.from_numpy(batch)).numpy())
+    return measure.top5(np.concatenate(out))
+
+
 def reference_checkpoint() -> str:
     """The reference ResNet-50's state_dict path (fetched and converted once, then cached)."""
     out = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True, check=True)

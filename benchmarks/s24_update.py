@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from run import REF, ROOT, reference_checkpoint
+from run import REF, ROOT, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -26,8 +26,6 @@ def main() -> None:
     p.add_argument("--images", type=int, default=256, help="calibration images the update is fitted on")
     a = p.parse_args()
 
-    import numpy as np
-    import torch
 
     import calibration
     from calibration.images import Preprocess
@@ -40,12 +38,8 @@ def main() -> None:
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     recovery = calibration.load(REF / "imagenet-calib", pre, None, cache)
 
-    def top5(net) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for batch, _ in evaluation.batches(pre, 50):
-                out.append(net.eval()(torch.from_numpy(batch)).numpy())
-        return measure.top5(np.concatenate(out))
+    def top5(net):
+        return torch_top5(net, evaluation, pre)
 
     base = top5(teacher)
     rows = [{"variant": "fp32", **measure.accuracy(base, evaluation.labels, base), "seconds": 0}]
