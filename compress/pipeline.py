@@ -298,7 +298,9 @@ class Pipeline:
                "residual_adds": RESIDUAL_ADDS[0], "bias_correction": q.bias_correction, "format": v.precision,
                "compress": __version__}
         if v.precision == "int8-cpu":
-            key["cpu_class"] = self.cpu_class
+            from compress.quantize import FLOAT_OUTPUT
+
+            key["cpu_class"], key["float_output"] = self.cpu_class, list(FLOAT_OUTPUT)
 
         def build(d: Path) -> dict:
             facts = quantize(self.run_dir.onnx(parent), d / "model.onnx", self.calib, self.pre, v.precision,

@@ -11,7 +11,8 @@ Two formats, each for the runtime that will execute it:
   fuse as well (`residual_adds="both"` keeps that layout, for comparison). On onnxruntime's CPU kernels this
   format is slow; it is measured there for accuracy only.
 - `int8-cpu` (onnxruntime CPU): Q/DQ with uint8 activations (asymmetric) and int8 per-channel weights,
-  onnxruntime's preferred CPU layout, quantizing every op it supports. Made for a CPU class: on x86 without
+  onnxruntime's preferred CPU layout, quantizing every op it supports but the classifier's output, which stays
+  float (8-bit logits tie, and a tie's top-1 is arbitrary). Made for a CPU class: on x86 without
   VNNI (`avx2`) onnxruntime's fast u8s8 kernels add pairs of u8 x s8 products in 16 bits, which saturates
   (255 x 127 x 2 > 32767); there the weights get 7 bits (`reduce_range`, onnxruntime's documented remedy), which
   cannot saturate and keeps those kernels. VNNI CPUs (and non-x86 ones) sum in 32 bits: full 8-bit weights.
@@ -36,6 +37,7 @@ METHODS = ("minmax", "entropy", "percentile")
 RESIDUAL_ADDS = ("fused", "both")  # Q/DQ placement on residual Adds for TensorRT; the first is the default
 BIAS_CORRECTION_IMAGES = 256
 MIN_CALIBRATION_IMAGES = 500
+FLOAT_OUTPUT = ("Gemm",)  # op types whose output the int8-cpu format leaves in float (the classifier)
 CPU_CLASSES = ("vnni", "avx2")  # what an int8-cpu file is made for: see cpu_class
 
 
@@ -112,6 +114,9 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     if spec.inputs_only:
         extra["OpTypesToExcludeOutputQuantization"] = list(spec.op_types or ())
         extra["ForceQuantizeNoInputCheck"] = True
+    else:  # the classifier's output stays float: 8-bit logits tie (19 of 1,000 reference images at top-1), and
+        # which class a tie reports is arbitrary; QGemm writes float at no measurable cost
+        extra.setdefault("OpTypesToExcludeOutputQuantization", list(FLOAT_OUTPUT))
     started = time.perf_counter()
     shared = statistics is not None and method in ("minmax", "percentile") and not options
     cache_dir = tempfile.TemporaryDirectory(prefix="compress-ranges-")
