@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from run import REF, ROOT, reference_onnx
+from run import REF, ROOT, int8_cpu_setup
 
 sys.path.insert(0, str(ROOT))
 
@@ -25,22 +25,18 @@ def main() -> None:
     a = p.parse_args()
 
     import numpy as np
-    import onnx
 
     import calibration
     from calibration import ranges
     from calibration.images import Preprocess
     from compress import measure
     from compress.backends import onnxruntime as ort
-    from compress.quantize import FORMATS, quantize
+    from compress.quantize import quantize
 
     pre = Preprocess()
     work = ROOT / "runs" / "calibration-subsets"
-    fp32 = reference_onnx(work, pre)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, work)
+    fp32, evaluation, tensors, base = int8_cpu_setup(work, pre)
     every = calibration.load(REF / "imagenet-calib", pre, None, work)
-    tensors = ranges.tensors_to_calibrate(onnx.load(str(fp32)), FORMATS["int8-cpu"].op_types)
-    base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
     rows = []
     for seed in range(a.subsets):
         subset = every.sample(a.size, seed)

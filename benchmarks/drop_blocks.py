@@ -27,7 +27,6 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512, help="calibration images the re-fit uses")
     a = p.parse_args()
 
-    import torch
 
     import calibration
     from calibration.images import Preprocess
@@ -53,9 +52,7 @@ def main() -> None:
             net, facts = reconstruct.drop(teacher, recovery, pre, n, greedy=greedy)
             seconds = round(time.perf_counter() - started)
             bare = copy.deepcopy(teacher)
-            for name in facts["blocks_dropped"]:
-                parent, _, child = name.rpartition(".")
-                setattr(bare.get_submodule(parent), child, torch.nn.Identity())
+            prune.drop_blocks(bare, facts["blocks_dropped"])
             common = {"blocks": facts["blocks_dropped"], "gmacs": prune.count(net, pre.crop)["macs"] / 1e9}
             for label, model, secs in (("dropped", bare, None), ("dropped + re-fit", net, seconds)):
                 rows.append({"variant": f"d{n} {facts['selection']}, {label}", **common, "seconds": secs,

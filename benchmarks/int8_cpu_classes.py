@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from run import REF, ROOT, reference_onnx
+from run import REF, ROOT, int8_cpu_setup
 
 sys.path.insert(0, str(ROOT))
 
@@ -32,18 +32,13 @@ def main() -> None:
     from calibration.images import Preprocess
     from compress import backends, measure
     from compress.backends import onnxruntime as ort
-    from compress.quantize import FORMATS, quantize, this_cpu_class
+    from compress.quantize import quantize, this_cpu_class
 
     pre = Preprocess()
     work = ROOT / "runs" / "int8-cpu-classes"
-    fp32 = reference_onnx(work, pre)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, work)
+    fp32, evaluation, tensors, base = int8_cpu_setup(work, pre)
     calib = calibration.load(REF / "imagenet-calib", pre, 512, work)
-    import onnx
-
-    tensors = ranges.tensors_to_calibrate(onnx.load(str(fp32)), FORMATS["int8-cpu"].op_types)
     stats = ranges.collect(fp32, calib, pre, tensors)
-    base = measure.top5(ort.logits(fp32, evaluation, pre, as_written=False))
     files = {"fp32": (fp32, "FP32", None)}
     for cpu, method in (("vnni", "percentile"), ("avx2", "percentile"), ("avx2", "minmax")):
         name = f"int8-cpu {cpu} {method}"

@@ -24,6 +24,23 @@ RESULTS = ROOT / "benchmarks" / "results"
 REF = ROOT.parent / "shared" / "reference"
 
 
+def int8_cpu_setup(work: Path, preprocess):
+    """What an int8-cpu study on the reference model starts from: the FP32 ONNX, the evaluation images, the
+    tensors the int8-cpu format calibrates, and FP32's top-5 on those images (onnxruntime CPU)."""
+    import onnx
+
+    import calibration
+    from calibration import ranges
+    from compress import measure
+    from compress.backends import onnxruntime as ort
+    from compress.quantize import FORMATS
+
+    fp32 = reference_onnx(work, preprocess)
+    evaluation = calibration.load(REF / "imagenet-val", preprocess, None, work)
+    tensors = ranges.tensors_to_calibrate(onnx.load(str(fp32)), FORMATS["int8-cpu"].op_types)
+    return fp32, evaluation, tensors, measure.top5(ort.logits(fp32, evaluation, preprocess, as_written=False))
+
+
 def torch_top5(net, images, preprocess, batch_size: int = 50):
     """Top-5 predictions of a torch model on an ImageSet, in eval mode on the CPU (accuracy-only studies)."""
     import numpy as np

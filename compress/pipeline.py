@@ -197,24 +197,18 @@ class Pipeline:
                 pass
         p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images
         steps: list = []
-        if v.dropped_blocks is not None:
+        if v.dropped_blocks is not None or (v.prune_ratio is not None and p.method == "reconstruct"):
             from compress import reconstruct
-
-            subset = recovery.sample(p.reconstruction_images)
-            started = time.perf_counter()
-            net, facts = reconstruct.drop(teacher, subset, self.pre, v.dropped_blocks)
-            facts.update(prune.count(net, self.pre.crop))
-            steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
-        elif v.prune_ratio is not None and p.method == "reconstruct":
-            from compress import reconstruct
-
-            subset = recovery.sample(p.reconstruction_images)
-            started = time.perf_counter()
             from compress.recipe import SENSITIVITY_IMAGES
 
-            net, facts = reconstruct.reconstruct(
-                teacher, subset, self.pre, v.prune_ratio, p.round_to,
-                sensitivity_images=SENSITIVITY_IMAGES if p.allocation == "sensitivity" else 0)
+            subset = recovery.sample(p.reconstruction_images)
+            started = time.perf_counter()
+            if v.dropped_blocks is not None:
+                net, facts = reconstruct.drop(teacher, subset, self.pre, v.dropped_blocks)
+            else:
+                net, facts = reconstruct.reconstruct(
+                    teacher, subset, self.pre, v.prune_ratio, p.round_to,
+                    sensitivity_images=SENSITIVITY_IMAGES if p.allocation == "sensitivity" else 0)
             facts.update(prune.count(net, self.pre.crop))
             steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
         else:

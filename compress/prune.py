@@ -233,6 +233,14 @@ def load_record(path: str | Path) -> dict:
     return record
 
 
+def drop_blocks(model, names) -> None:
+    """Replace the named residual blocks (identity shortcut) by Identity, in place."""
+    torch = require("torch")
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, torch.nn.Identity())
+
+
 def load(path: str | Path):
     """Rebuild the architecture, resize every conv, BN and linear layer to the saved shapes, load the weights."""
     return from_record(load_record(path), path)
@@ -248,10 +256,8 @@ def from_record(record: dict, path: str | Path):
     net = models.build(record["arch"], record["num_classes"])
     sd = record["state_dict"]
     nn = torch.nn
-    for name, m in list(net.named_modules()):  # a block without weights was dropped (dN)
-        if isinstance(m, Bottleneck) and m.downsample is None and f"{name}.conv1.weight" not in sd:
-            parent, _, child = name.rpartition(".")
-            setattr(net.get_submodule(parent), child, nn.Identity())
+    drop_blocks(net, [name for name, m in net.named_modules()  # a block without weights was dropped (dN)
+                      if isinstance(m, Bottleneck) and m.downsample is None and f"{name}.conv1.weight" not in sd])
     for name, m in list(net.named_modules()):
         w = sd.get(f"{name}.weight")
         if w is None or tuple(w.shape) == tuple(m.weight.shape):

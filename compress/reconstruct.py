@@ -377,6 +377,8 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
     from torchvision.models.resnet import Bottleneck
     from tqdm import tqdm
 
+    from compress import prune
+
     teacher = teacher.eval()
     candidates = droppable(teacher)
     if not 0 < n <= len(candidates):
@@ -403,9 +405,7 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
                 continue
             x_fp, x_pr = _block(tb, sb, tb.conv1.out_channels, tb.conv2.out_channels, x_fp, x_pr, damp, positions,
                                 chunk, gen, F)
-    for i in gone:
-        parent, _, child = names[i].rpartition(".")
-        setattr(student.get_submodule(parent), child, torch.nn.Identity())
+    prune.drop_blocks(student, [names[i] for i in gone])
     facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
              "blocks_dropped": [names[i] for i in gone], "images": len(images),
              "sensitivity": {"images": min(sensitivity_images, len(images)),

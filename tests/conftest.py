@@ -53,6 +53,13 @@ def tiny_run(checkpoint, data_dirs: dict, out, *extra: str, variants: str = "int
 TINY = Preprocess(resize=36, crop=32)  # the tiny model's input: 32x32 crops of 40x40 images
 
 
+def variant_rows(out: Path) -> dict[str, dict]:
+    """A finished run's report rows, by variant (one backend)."""
+    import json
+
+    return {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+
+
 def class_image(rng: np.random.Generator, label: int, size: int = 40) -> np.ndarray:
     """A noisy image whose class is its texture: horizontal or vertical stripes, a checkerboard, or a blob."""
     yy, xx = np.mgrid[0:size, 0:size]

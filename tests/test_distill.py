@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import TINY, images  # noqa: E402
+from conftest import TINY, images, variant_rows  # noqa: E402
 
 from compress import reconstruct  # noqa: E402
 from compress.distill import DistillSpec, distill, order, views  # noqa: E402
@@ -134,7 +134,6 @@ def _start(checkpoint):
 def test_distill_a_run_directory_then_the_run_keeps_it(tiny_checkpoint, data_dirs, tmp_path, capsys):
     """`compress distill` on a run directory (what a GPU box does), then `compress run` with the same options:
     the distilled variant is kept, what depends on it is redone, and the report says how it was recovered."""
-    import json
 
     from conftest import tiny_run
 
@@ -156,7 +155,7 @@ def test_distill_a_run_directory_then_the_run_keeps_it(tiny_checkpoint, data_dir
     err = capsys.readouterr().err
     assert "p15: reused" in err and "p15-int8-cpu: built" in err
     assert (out / "variants/p15-int8-cpu/model.onnx").read_bytes() != int8_before
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     assert [next(iter(s)) for s in rows["p15"]["recovery"]] == ["reconstruction", "distillation"]
     assert rows["p15"]["recovery"][1]["distillation"]["epochs"] == 2
     assert rows["p15"]["agreement"] >= 0.9
@@ -173,7 +172,6 @@ def test_a_killed_recovery_resumes_without_redoing_what_was_finished(tiny_checkp
     """`compress run` killed in distillation's second epoch: the next run takes the pruned model and the finished
     epoch from the run's cache (no second reconstruction), and the cache goes once the variant is written. A
     damaged cache is not trusted: the recovery is redone."""
-    import json
 
     from conftest import tiny_run
 
@@ -201,7 +199,7 @@ def test_a_killed_recovery_resumes_without_redoing_what_was_finished(tiny_checkp
     monkeypatch.setattr(reconstruct_module, "reconstruct", lambda *a, **k: pytest.fail("reconstructed again"))
     capsys.readouterr()
     assert main(args) == 0
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     done = rows["p15"]["recovery"][1]["distillation"]
     assert done["resumed_at"] == 1 and done["epochs"] == 3 and len(done["losses"]) == 3
     assert not work.exists()
@@ -217,5 +215,5 @@ def test_a_killed_recovery_resumes_without_redoing_what_was_finished(tiny_checkp
     monkeypatch.setattr(distill_module, "distill", real)
     capsys.readouterr()
     assert main(args) == 0
-    rows = {r["variant"]: r for r in json.loads((again / "report.json").read_text())["results"]}
+    rows = variant_rows(again)
     assert [next(iter(s)) for s in rows["p15"]["recovery"]] == ["reconstruction", "distillation"]

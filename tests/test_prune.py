@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 onnx = pytest.importorskip("onnx")
-from conftest import TINY, images, tiny_run  # noqa: E402
+from conftest import TINY, images, tiny_run, variant_rows  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from compress import export, prune  # noqa: E402
@@ -152,7 +152,7 @@ def test_without_bn_recalibration_the_report_says_so(tiny_checkpoint, data_dirs,
     assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--no-bn-recalibration", "--method", "l1",
                          "--distill-epochs", "0", variants="p30")) == 0
     capsys.readouterr()
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     assert rows["p30"]["recovery"] == ["none"]
 
 
@@ -201,7 +201,7 @@ def test_pnn_means_fewer_macs_and_reconstruction_is_the_default(tiny_checkpoint,
     out = tmp_path / "run"
     assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--round-to", "4", variants="p15,p15-int8-cpu")) == 0
     capsys.readouterr()
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     recon, distilled = rows["p15"]["recovery"]
     assert recon["reconstruction"] == 64 and recon["minutes"] < 45
     assert 1 <= distilled["distillation"]["epochs"] <= 20 and distilled["distillation"]["images"] == 64
@@ -284,7 +284,7 @@ def test_dn_and_its_int8_cpu_sibling_run_end_to_end(tiny_checkpoint, data_dirs, 
     out = tmp_path / "run"
     assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--distill-epochs", "1", variants="d1,d1-int8-cpu")) == 0
     capsys.readouterr()
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     assert rows["d1"]["recovery"][0]["reconstruction"] == 64
     assert rows["d1"]["macs"] < 0.95 * rows["fp32"]["macs"] and rows["d1-int8-cpu"]["macs"] == rows["d1"]["macs"]
     assert rows["d1"]["agreement"] >= 0.8

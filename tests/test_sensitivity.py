@@ -6,7 +6,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
-from conftest import FAST, TINY, images  # noqa: E402
+from conftest import FAST, TINY, images, variant_rows  # noqa: E402
 
 from compress import sensitivity  # noqa: E402
 from compress.backends import onnxruntime as ort  # noqa: E402
@@ -127,7 +127,6 @@ def test_compare_metrics():
     (["--min-agreement", "0.95"], "agreement at least 95.0%"),
 ])
 def test_run_with_fallback_meets_the_budget(outlier_checkpoint, data_dirs, tmp_path, capsys, budget, text):
-    import json
 
     from compress.cli import main
 
@@ -139,7 +138,7 @@ def test_run_with_fallback_meets_the_budget(outlier_checkpoint, data_dirs, tmp_p
     assert main(args) == 0  # pure int8 is over budget, int8-mixed within it
     err = capsys.readouterr().err
     assert "ranking layers on 16 calibration-folder images not used for calibration" in err
-    rows = {r["variant"]: r for r in json.loads((out / "report.json").read_text())["results"]}
+    rows = variant_rows(out)
     assert rows["int8"]["agreement"] < 0.9 and rows["int8-mixed"]["agreement"] >= 0.95
     assert rows["int8-mixed"]["fallback"]["kept"] == [BAD]
     assert rows["int8-mixed"]["target"] == "tensorrt"
