@@ -268,7 +268,7 @@ class Pipeline:
         if q.calibration not in ("minmax", "percentile"):
             return None  # entropy: onnxruntime calibrates on its own
         images = self.calib
-        key = {"model": self.digest(parent), "images": images.key, "format": 1}
+        key = {"model": self.digest(parent), "images": images.key, "format": 2}
         directory = self.run_dir.cache / f"statistics-{sha256_json(key)[:16]}"
 
         def build(d: Path) -> dict:

@@ -122,16 +122,22 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     cache_dir = tempfile.TemporaryDirectory(prefix="compress-ranges-")
     cache = None
     if shared:
-        from calibration.ranges import tensors_to_calibrate
+        from onnxruntime.quantization.calibrate import save_tensors_data
+
+        from calibration.ranges import Unsettled, tensors_to_calibrate
 
         onnx = require("onnx")
         tensors = sorted(tensors_to_calibrate(onnx.load(str(fp32_onnx)), spec.op_types))
-        cache = Path(cache_dir.name) / "ranges.json"
-        from onnxruntime.quantization.calibrate import save_tensors_data
-
-        save_tensors_data(statistics.ranges(method, spec.symmetric_activations, tensors, percentile), cache)
-        reader = None
-    else:
+        try:
+            ranges = statistics.ranges(method, spec.symmetric_activations, tensors, percentile)
+        except Unsettled as e:  # rare (a first image far from the rest): onnxruntime calibrates on its own
+            print(f"{fmt}: {e}; calibrating with onnxruntime's own pass", file=sys.stderr)
+            shared = False
+        else:
+            cache = Path(cache_dir.name) / "ranges.json"
+            save_tensors_data(ranges, cache)
+            reader = None
+    if not shared:
         reader = CalibrationReader(images, preprocess, INPUT, batch_size=1)
         # One image per collection call: onnxruntime keeps every activation of a call until it is histogrammed.
         extra["CalibStridedMinMax"] = 1
