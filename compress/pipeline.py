@@ -290,7 +290,7 @@ class Pipeline:
         q, parent = self.spec.quantize, v.parent or "fp32"
         key = {"parent": self.digest(parent), "calibration": self.calib.key, "method": q.calibration,
                "residual_adds": RESIDUAL_ADDS[0], "bias_correction": q.bias_correction, "format": v.precision,
-               "compress": __version__}
+               "ranges": "onnxruntime, 64 images per call", "compress": __version__}
         if v.precision == "int8-cpu":
             from compress.quantize import FLOAT_OUTPUT
 
