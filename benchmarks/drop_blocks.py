@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 
-from run import REF, ROOT, reference_checkpoint, torch_top5
+from run import REF, ROOT, publish, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -59,9 +58,6 @@ def main() -> None:
                              **measure.accuracy(top5(model), evaluation.labels, base)})
                 print(rows[-1], flush=True)
     env = measure.environment()
-    results = ROOT / "benchmarks" / "results"
-    (results / "drop-blocks.json").write_text(json.dumps({"env": env, "images": a.images, "rows": rows}, indent=2)
-                                              + "\n")
     fp = rows[0]
     lines = ["# Block dropping: which blocks, and what the re-fit buys", "",
              f"Command: `python benchmarks/drop_blocks.py --drops {a.drops} --images {a.images}`.",
@@ -79,8 +75,7 @@ def main() -> None:
         lines.append(f"| {r['variant']} | {', '.join(r['blocks']) or '—'} | {r['gmacs']:.2f} | "
                      f"{100 * r['top1']:.1f}% | {100 * (r['top1'] - fp['top1']):+.1f} | "
                      f"{100 * r['agreement']:.1f}% | {r['flips']} | {secs} |")
-    (results / "drop-blocks.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("drop-blocks", {"env": env, "images": a.images, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,14 @@ def machine(env: dict) -> str:
             f"Python {env['python']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, torch {env['torch']}")
 
 
+def publish(name: str, data: dict, lines: list[str]) -> None:
+    """A study's results under benchmarks/results: `name`.json (its data) and `name`.md (its lines, printed too)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def run(name: str, args: list[str], fresh: bool = False) -> dict:
     out = ROOT / "runs" / name
     if fresh and (out / "results").exists():

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 
-from run import REF, ROOT, reference_checkpoint, torch_top5
+from run import REF, ROOT, publish, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -57,9 +56,6 @@ def main() -> None:
                      "seconds": round(time.perf_counter() - started)})
         print(rows[-2], rows[-1], flush=True)
     env = measure.environment()
-    results = ROOT / "benchmarks" / "results"
-    (results / "s24-update.json").write_text(json.dumps({"env": env, "images": a.images, "rows": rows}, indent=2)
-                                             + "\n")
     fp = rows[0]
     lines = ["# 2:4 sparsity: magnitude against the second-order update", "",
              f"Command: `python benchmarks/s24_update.py --images {a.images}`.",
@@ -75,8 +71,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['variant']} | {100 * r['top1']:.1f}% | {100 * (r['top1'] - fp['top1']):+.1f} | "
                      f"{100 * r['agreement']:.1f}% | {r['flips']} | {r['seconds']} s |")
-    (results / "s24-update.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("s24-update", {"env": env, "images": a.images, "rows": rows}, lines)
 
 
 if __name__ == "__main__":
