@@ -206,17 +206,19 @@ class Statistics:
         counts, n = self.counts[key], self.counted[key]
         if not n:
             return counts
-        reached = []
-        for at in self.span[key]:
+        def placed(at: int) -> np.ndarray:
             h = counts.copy()
             h[at] += n
+            return h
+
+        def reached(h: np.ndarray) -> list[int]:
             cdf = np.cumsum(h / h.sum())  # as onnxruntime's compute_percentile
-            reached.append([int(np.searchsorted(cdf, p)) for p in targets])
-            if len(reached) == 1:
-                settled = h
-        if reached[0] != reached[1]:
+            return [int(np.searchsorted(cdf, p)) for p in targets]
+
+        first, last = (placed(at) for at in self.span[key])  # all in the span's first bin, or all in its last
+        if reached(first) != reached(last):
             raise Unsettled(f"the {layout} percentile range of {name!r} falls where values were only counted")
-        return settled
+        return first
 
     def ranges(self, method: str, symmetric: bool, tensors: list[str], percentile: float = 99.999):
         """onnxruntime `TensorsData` for `tensors` by `method` (minmax or percentile)."""
