@@ -122,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
                     help="reconstruct: the same share of every block's inner channels, or shares from each block's "
                     "measured sensitivity (where accuracy per MAC saved is cheapest) (default uniform)")
+    pr.add_argument("--selection", default="obs", choices=["obs", "energy"],
+                    help="reconstruct: which inner channels stay: obs removes, one after another, the channel whose "
+                    "loss the re-fitted consumer feels least (optimal brain surgeon); energy keeps the largest "
+                    "activation energy through the consumer's weights, faster (default obs)")
     pr.add_argument("--round-to", type=_bounded(1, 256), default=8, help="channel counts multiple of (default 8)")
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",

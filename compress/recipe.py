@@ -40,6 +40,7 @@ class QuantizeSpec:
 
 
 ALLOCATIONS = ("uniform", "sensitivity")
+SELECTIONS = ("obs", "energy")
 SENSITIVITY_IMAGES = 64  # images that measure each block's sensitivity (--allocation sensitivity)
 
 
@@ -54,6 +55,7 @@ class PruneSpec:
     method: str = "reconstruct"
     reconstruction_images: int = 512
     allocation: str = "uniform"  # reconstruct: the same share of every block, or by measured block sensitivity
+    selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True
@@ -69,6 +71,8 @@ class PruneSpec:
                             f"choose from reconstruct, {', '.join(IMPORTANCES)}")
         if self.allocation not in ALLOCATIONS:
             raise UserError(f"unknown allocation {self.allocation!r}", f"choose from {', '.join(ALLOCATIONS)}")
+        if self.selection not in SELECTIONS:
+            raise UserError(f"unknown selection {self.selection!r}", f"choose from {', '.join(SELECTIONS)}")
         if not 8 <= self.reconstruction_images <= 100_000:
             raise UserError(f"--reconstruction-images must be 8..100000, got {self.reconstruction_images}")
         _finite("--recovery-minutes", self.recovery_minutes)

@@ -6,8 +6,9 @@ Where: the inner channels of every residual block (the outputs of conv1 and conv
 the stem or the classifier: they carry most of the MACs (conv2 loses them on both sides) and no other block
 depends on them. Counts stay multiples of `round_to`.
 
-Which: a channel is worth what its consumer loses without it, E[a_c^2] * ||W_next[:, c]||^2 (activation energy
-through the consumer's weights), measured on the FP32 network.
+Which: a channel is worth what its consumer loses without it, measured on the FP32 network: greedily, the
+channel whose removal the re-fitted consumer feels least goes first (optimal brain surgeon's rule on the
+consumer's input statistics), or, cheaper, by activation energy through the consumer's weights.
 
 How: block by block, from the pruned network's own inputs (so errors do not accumulate), each conv is re-fitted
 by ridge least squares, closed form, to the FP32 network's pre-activation outputs (BatchNorm folded in): conv1 to
@@ -122,7 +123,7 @@ def _head(model, x):
 
 
 def sensitivities(teacher, images, preprocess, fraction: float = 0.5, round_to: int = 8, damp: float = 1e-3,
-                  positions: int = 512, chunk: int = 16) -> list[float]:
+                  positions: int = 512, chunk: int = 16, selection: str = "obs") -> list[float]:
     """Per block, how much the network's output moves when only that block loses `fraction` of its inner channels
     and is re-fitted: KL(FP32 || pruned) of the softmax outputs, mean over `images`."""
     torch = require("torch")
@@ -140,7 +141,8 @@ def sensitivities(teacher, images, preprocess, fraction: float = 0.5, round_to: 
         reference = F.log_softmax(_head(t, h), 1)
         for i, tb in enumerate(blocks(t)):
             k1, k2 = inner_counts_of(tb, fraction, round_to)
-            _, h = _block(tb, copy.deepcopy(tb), k1, k2, inputs[i], inputs[i], damp, positions, chunk, gen, F)
+            _, h = _block(tb, copy.deepcopy(tb), k1, k2, inputs[i], inputs[i], damp, positions, chunk, gen, F,
+                          selection)
             for b in blocks(t)[i + 1:]:
                 h = _chunked(b, h, chunk)
             pruned = F.log_softmax(_head(t, h), 1)
@@ -210,6 +212,32 @@ class _Ridge:
         return sol[:-1].T.float(), sol[-1].float()  # weight (outputs, features), bias (outputs,)
 
 
+def _obs_keep(ridge: _Ridge, group: int, keep: int, damp: float):
+    """The `keep` input channels (each `group` consecutive features of `ridge`) whose removal raises the re-fitted
+    layer's squared error least, by optimal brain surgeon's group rule: removing the features S from the fitted
+    weights W costs tr(W_S^T (H^-1)_SS^-1 W_S) (H = X^T X, damped), and the remaining features take up what
+    they did (W and H^-1 are updated). Greedy: one channel at a time, the cheapest first."""
+    torch = require("torch")
+    reg = damp * torch.diagonal(ridge.xx)[:-1].mean().clamp_min(1e-12)
+    h = ridge.xx.clone()
+    h.diagonal()[:-1] += reg
+    hi = torch.linalg.inv(h)
+    w = hi @ ridge.xy  # (features + 1, outputs): the ridge solution, bias row last
+    alive = torch.ones((len(h) - 1) // group, dtype=torch.bool)
+    offsets = torch.arange(group)
+    while int(alive.sum()) > keep:
+        idx = torch.nonzero(alive).squeeze(1)
+        rows = idx[:, None] * group + offsets  # (alive, group)
+        ws = w[rows]  # (alive, group, outputs)
+        cost = torch.einsum("cij,cjo,cio->c", torch.linalg.inv(hi[rows[:, :, None], rows[:, None, :]]), ws, ws)
+        gone = rows[int(torch.argmin(cost))]
+        m = hi[:, gone] @ torch.linalg.inv(hi[gone][:, gone])
+        w -= m @ w[gone]
+        hi -= m @ hi[gone]
+        alive[gone[::group] // group] = False
+    return torch.nonzero(alive).squeeze(1)
+
+
 def _patches(x, conv):
     """(samples, features) rows of the conv's input patches, one per output position."""
     torch = require("torch")
@@ -224,7 +252,7 @@ def _rows(y):
 
 def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int = 8, damp: float = 1e-3,
                 positions: int = 512, chunk: int = 16, progress: bool = True,
-                sensitivity_images: int = 0) -> tuple[object, dict]:
+                sensitivity_images: int = 0, selection: str = "obs") -> tuple[object, dict]:
     """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
     pruned block re-fitted on `images` (unlabelled). The same share of every block's channels, or with
     `sensitivity_images`, per-block shares from each block's measured sensitivity (`sensitivities`, `allocate`).
@@ -240,7 +268,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     sens = None
     if sensitivity_images:
         probe = images.sample(sensitivity_images)
-        sens = sensitivities(teacher, probe, preprocess, 0.5, round_to, damp, positions, chunk)
+        sens = sensitivities(teacher, probe, preprocess, 0.5, round_to, damp, positions, chunk, selection)
         counts = allocate(teacher, crop, mac_reduction, sens, 0.5, round_to)
     student = copy.deepcopy(teacher)
     gen = torch.Generator().manual_seed(0)
@@ -251,9 +279,10 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
         for tb, sb, (k1, k2) in bar:
-            x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F)
+            x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection)
     facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
-             "inner_channels": counts, "allocation": "uniform" if sens is None else "sensitivity"}
+             "inner_channels": counts, "allocation": "uniform" if sens is None else "sensitivity",
+             "selection": selection}
     if sens is None:
         facts["inner_fraction"] = round(fraction, 4)
     else:
@@ -261,7 +290,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     return student.eval(), facts
 
 
-def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
+def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection="obs"):
     torch = require("torch")
     (w1, b1), (w2, b2), (w3, b3) = _fold(tb.conv1, tb.bn1), _fold(tb.conv2, tb.bn2), _fold(tb.conv3, tb.bn3)
     ds = tb.downsample
@@ -278,15 +307,9 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
             return a1, a2
         return a1, a2, F.conv2d(a2.relu(), w3, b3), shortcut(xs)
 
-    # which channels: activation energy through the consumer's weights, on the FP32 network
-    e1 = torch.zeros(w1.shape[0], dtype=torch.float64)
-    e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
-    for i in range(0, len(x_fp), chunk):
-        a1, a2 = fp(x_fp[i:i + chunk], 2)
-        e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
-        e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
-    keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
-    keep2 = torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values
+    keep1, keep2 = torch.arange(w1.shape[0]), torch.arange(w2.shape[0])
+    if (k1, k2) != (w1.shape[0], w2.shape[0]):
+        keep1, keep2 = _choose(fp, x_fp, w2, w3, k1, k2, tb.conv2, damp, positions, chunk, gen, selection)
 
     conv1 = torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False)
     conv2 = torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False)
@@ -328,6 +351,30 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
     return torch.cat(nxt_fp), torch.cat(nxt_pr)
+
+
+def _choose(fp, x_fp, w2, w3, k1, k2, conv2, damp, positions, chunk, gen, selection):
+    """Which inner channels stay, judged on the FP32 network. "obs": those whose loss the consumer (conv2 for
+    conv1's outputs, conv3 for conv2's), re-fitted, feels least (`_obs_keep`); "energy": activation energy through
+    the consumer's weights, E[a_c^2] * ||W_next[:, c]||^2."""
+    torch = require("torch")
+    if selection == "obs":
+        c2, c3 = _Ridge(w2.shape[1] * 9, w2.shape[0]), _Ridge(w3.shape[1], w3.shape[0])
+        for i in range(0, len(x_fp), chunk):
+            a1, a2, a3, _ = fp(x_fp[i:i + chunk])
+            for ridge, xs, ys in ((c2, _patches(a1.relu(), conv2), _rows(a2)), (c3, _rows(a2.relu()), _rows(a3))):
+                idx = torch.randperm(len(xs), generator=gen)[:positions * chunk]
+                ridge.add(xs[idx], ys[idx])
+        return _obs_keep(c2, 9, k1, damp), _obs_keep(c3, 1, k2, damp)
+    e1 = torch.zeros(w2.shape[1], dtype=torch.float64)
+    e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
+    for i in range(0, len(x_fp), chunk):
+        a1, a2 = fp(x_fp[i:i + chunk], 2)
+        e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
+        e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
+    keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
+    keep2 = torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values
+    return keep1, keep2
 
 
 def droppable(model) -> list[int]:

@@ -196,6 +196,53 @@ def test_reconstruction_beats_bn_re_estimation_at_the_same_macs(tiny_model, data
         assert torch.equal(again(x), rebuilt(x))
 
 
+def _fit_error(x, y, keep, group):
+    cols = (keep[:, None] * group + torch.arange(group)).reshape(-1)
+    xs = torch.cat([x[:, cols], torch.ones(len(x), 1)], 1).double()
+    sol = torch.linalg.lstsq(xs, y.double()).solution
+    return float((xs @ sol - y.double()).pow(2).mean())
+
+
+def test_obs_selection_keeps_what_the_refit_consumer_needs():
+    """Planted: the outputs read channels 0-2 (groups of 3 features), channel 0 most, and channel 5 repeats channel
+    0 at ten times the scale. Energy keeps both copies and loses channel 1 or 2; once either copy is gone the other
+    takes up its weights at no cost, so the greedy re-fit keeps one copy and channels 1 and 2."""
+    from compress import reconstruct
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8 * 3, generator=g)
+    x[:, 15:18] = 10 * x[:, 0:3]
+    w = torch.zeros(8 * 3, 4)
+    w[:9] = torch.randn(9, 4, generator=g)
+    w[:3] *= 3
+    w[15:18] = 0.1 * torch.randn(3, 4, generator=g)  # channel 5 does feed the outputs, through channel 0's values
+    y = x @ w + 0.01 * torch.randn(3000, 4, generator=g)
+    ridge = reconstruct._Ridge(24, 4)
+    ridge.add(x[:1500], y[:1500])
+    ridge.add(x[1500:], y[1500:])  # accumulated over chunks
+    keep = reconstruct._obs_keep(ridge, 3, 3, 1e-6)
+    assert keep.tolist() in ([0, 1, 2], [1, 2, 5])
+    energy = torch.argsort(x.pow(2).reshape(3000, 8, 3).sum((0, 2)) * w.reshape(8, 3, 4).pow(2).sum((1, 2)),
+                           descending=True)[:3].sort().values
+    assert {0, 5} <= set(energy.tolist())  # what the cheaper criterion keeps instead
+    assert _fit_error(x, y, keep, 3) < 0.01 * _fit_error(x, y, energy, 3)
+
+
+def test_obs_selection_leaves_outputs_closer_than_energy(tiny_model, data_dirs):
+    from compress import reconstruct
+
+    calib, held_out = images(data_dirs["calib"]), images(data_dirs["eval"])
+    errors = {}
+    for selection in ("obs", "energy"):
+        net, facts = reconstruct.reconstruct(tiny_model, calib, TINY, 0.3, round_to=4, progress=False,
+                                             selection=selection)
+        assert facts["selection"] == selection
+        assert reconstruct.macs(net, TINY.crop) <= 0.7 * reconstruct.macs(tiny_model, TINY.crop)
+        errors[selection] = _output_error(net, tiny_model, held_out)
+    print(errors)
+    assert errors["obs"] < 1.5 * errors["energy"]
+
+
 @pytest.mark.slow
 def test_pnn_means_fewer_macs_and_reconstruction_is_the_default(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"
