@@ -4,7 +4,7 @@ against FP32 in its own run (runs are minutes to hours apart; a ratio within one
     python benchmarks/prune_front.py
 
 Reads the committed reports in benchmarks/results (prune-reconstruct, prune-l1-bn, prune-distill, drop-d5 and,
-when present, prune-p20 and prune-p50); writes benchmarks/results/prune-front.{md,png}.
+when present, prune-p20, prune-p50 and prune-obs); writes benchmarks/results/prune-front.{md,png}.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ SOURCES = {
     "prune-p20.json": "reconstruction (512) + distillation",
     "prune-p50.json": "reconstruction (512) + distillation",
     "drop-d5.json": "block dropping: re-fit (512) + distillation",
+    "prune-obs.json": "reconstruction (512, obs channels) + distillation",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
+         "prune-obs": "prune-distill.md#which-channels-stay",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
@@ -76,7 +78,8 @@ def main() -> None:
     (RESULTS / "prune-front.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    colors = dict(zip(dict.fromkeys(SOURCES.values()), ["tab:red", "tab:orange", "tab:blue", "tab:purple"]))
+    palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green"]
+    colors = dict(zip(dict.fromkeys(SOURCES.values()), palette))
     seen = set()
     for r in rows:
         x, y = r["speedup"], 100 * r["top1"]
