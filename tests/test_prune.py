@@ -239,8 +239,7 @@ def test_obs_selection_leaves_outputs_closer_than_energy(tiny_model, data_dirs):
         assert facts["selection"] == selection
         assert reconstruct.macs(net, TINY.crop) <= 0.7 * reconstruct.macs(tiny_model, TINY.crop)
         errors[selection] = _output_error(net, tiny_model, held_out)
-    print(errors)
-    assert errors["obs"] < 1.5 * errors["energy"]
+    assert errors["obs"] < 0.6 * errors["energy"]  # on images neither saw (measured: 0.13 against 0.51)
 
 
 @pytest.mark.slow
