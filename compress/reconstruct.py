@@ -202,13 +202,15 @@ class _Ridge:
         self.xx += (x.T @ x).double()
         self.xy += (x.T @ y).double()
 
+    def damped(self, damp: float):
+        """X^T X with damp * (its mean weight diagonal) added to the weights' diagonal: the bias is not shrunk."""
+        h = self.xx.clone()
+        h.diagonal()[:-1] += damp * h.diagonal()[:-1].mean().clamp_min(1e-12)
+        return h
+
     def solve(self, damp: float):
         torch = require("torch")
-        d = self.xx.shape[0]
-        reg = damp * torch.diagonal(self.xx)[:-1].mean().clamp_min(1e-12)
-        eye = torch.eye(d, dtype=torch.float64)
-        eye[-1, -1] = 0  # the bias is not shrunk
-        sol = torch.linalg.solve(self.xx + reg * eye, self.xy)
+        sol = torch.linalg.solve(self.damped(damp), self.xy)
         return sol[:-1].T.float(), sol[-1].float()  # weight (outputs, features), bias (outputs,)
 
 
@@ -218,12 +220,9 @@ def _obs_keep(ridge: _Ridge, group: int, keep: int, damp: float):
     weights W costs tr(W_S^T (H^-1)_SS^-1 W_S) (H = X^T X, damped), and the remaining features take up what
     they did (W and H^-1 are updated). Greedy: one channel at a time, the cheapest first."""
     torch = require("torch")
-    reg = damp * torch.diagonal(ridge.xx)[:-1].mean().clamp_min(1e-12)
-    h = ridge.xx.clone()
-    h.diagonal()[:-1] += reg
-    hi = torch.linalg.inv(h)
+    hi = torch.linalg.inv(ridge.damped(damp))
     w = hi @ ridge.xy  # (features + 1, outputs): the ridge solution, bias row last
-    alive = torch.ones((len(h) - 1) // group, dtype=torch.bool)
+    alive = torch.ones((len(hi) - 1) // group, dtype=torch.bool)
     offsets = torch.arange(group)
     while int(alive.sum()) > keep:
         idx = torch.nonzero(alive).squeeze(1)
