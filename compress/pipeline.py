@@ -224,7 +224,9 @@ class Pipeline:
                 facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to, p.global_pruning,
                                        labelled, target_macs=target)
             else:
-                facts = {**prune.sparsify_24(net, recovery.sample(p.reconstruction_images // 2), self.pre),
+                from compress.recipe import S24_IMAGES
+
+                facts = {**prune.sparsify_24(net, recovery.sample(S24_IMAGES), self.pre),
                          **prune.count(net, self.pre.crop)}
             if p.bn_recalibration:
                 prune.recalibrate_bn(net, recovery, self.pre)

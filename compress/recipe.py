@@ -42,6 +42,7 @@ class QuantizeSpec:
 ALLOCATIONS = ("uniform", "sensitivity")
 SELECTIONS = ("obs", "energy")
 SENSITIVITY_IMAGES = 64  # images that measure each block's sensitivity (--allocation sensitivity)
+S24_IMAGES = 256  # images whose Gram matrices choose and update s24's weights (benchmarks/results/s24-update.md)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class PruneSpec:
     `recovery_minutes` per variant once the rest of the recovery is done."""
 
     method: str = "reconstruct"
-    reconstruction_images: int = 512
+    reconstruction_images: int = 1000
     allocation: str = "uniform"  # reconstruct: the same share of every block, or by measured block sensitivity
     selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
     round_to: int = 8

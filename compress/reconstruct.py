@@ -107,9 +107,33 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float
 
 
 def _chunked(f, x, chunk: int):
-    """f over x, `chunk` images at a time (memory of one chunk's intermediates)."""
+    """f over x, `chunk` images at a time (memory of one chunk's intermediates), in float32; the results are kept
+    in float16 (`_store`)."""
+    out = None
+    for i in range(0, len(x), chunk):
+        y = f(x[i:i + chunk].float())
+        if out is None:
+            out = _store(len(x), y)
+        out[i:i + len(y)] = _half(y)
+    return out
+
+
+def _store(n: int, like):
+    """Room for n images of activations shaped like one chunk's `like`: float16, half the memory of float32 (the
+    activations of every image at one block are what bounds the reconstruction's memory; float16's relative
+    error, 5e-4, is far below what pruning moves)."""
     torch = require("torch")
-    return torch.cat([f(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    return torch.empty((n, *like.shape[1:]), dtype=torch.float16)
+
+
+def _half(y):
+    """y in float16, refusing what float16 cannot hold (an activation beyond 65504 would turn into inf)."""
+    torch = require("torch")
+    h = y.half()
+    if not bool(torch.isfinite(h).all()):
+        raise UserError("this model's activations exceed float16's range (65504), which the reconstruction keeps "
+                        "them in", "check the checkpoint: a trained network's activations stay far below it")
+    return h
 
 
 def _stem(model, x, chunk: int):
@@ -119,7 +143,7 @@ def _stem(model, x, chunk: int):
 
 def _head(model, x):
     torch = require("torch")
-    return model.fc(torch.flatten(model.avgpool(x), 1))
+    return model.fc(torch.flatten(model.avgpool(x.float()), 1))
 
 
 def sensitivities(teacher, images, preprocess, fraction: float = 0.5, round_to: int = 8, damp: float = 1e-3,
@@ -274,7 +298,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     with torch.no_grad():
         x = torch.from_numpy(preprocess.normalize(images.pixels))
         x_fp = _stem(teacher, x, chunk)
-        x_pr = x_fp.clone()
+        x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
         for tb, sb, (k1, k2) in bar:
@@ -306,9 +330,16 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
             return a1, a2
         return a1, a2, F.conv2d(a2.relu(), w3, b3), shortcut(xs)
 
+    def fp_in(i):  # one chunk of the FP32 network's / the pruned network's input to this block, in float32
+        return x_fp[i:i + chunk].float()
+
+    def pr(i):
+        return x_pr[i:i + chunk].float()
+
     keep1, keep2 = torch.arange(w1.shape[0]), torch.arange(w2.shape[0])
     if (k1, k2) != (w1.shape[0], w2.shape[0]):
-        keep1, keep2 = _choose(fp, x_fp, w2, w3, k1, k2, tb.conv2, damp, positions, chunk, gen, selection)
+        keep1, keep2 = _choose(fp, fp_in, len(x_fp), w2, w3, k1, k2, tb.conv2, damp, positions, chunk, gen,
+                               selection)
 
     conv1 = torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False)
     conv2 = torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False)
@@ -328,47 +359,52 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
         return b
 
     def r1(i):
-        return F.conv2d(x_pr[i:i + chunk], conv1.weight, bias1, conv1.stride).relu()
+        return F.conv2d(pr(i), conv1.weight, bias1, conv1.stride).relu()
 
     def r2(i):
         return F.conv2d(r1(i), conv2.weight, bias2, conv2.stride, conv2.padding).relu()
 
-    bias1 = fit(conv1, lambda i: x_pr[i:i + chunk], lambda i: fp(x_fp[i:i + chunk], 1)[0][:, keep1])
-    bias2 = fit(conv2, r1, lambda i: fp(x_fp[i:i + chunk], 2)[1][:, keep2])
+    bias1 = fit(conv1, pr, lambda i: fp(fp_in(i), 1)[0][:, keep1])
+    bias2 = fit(conv2, r1, lambda i: fp(fp_in(i), 2)[1][:, keep2])
 
     def target3(i):
-        _, _, a3, idf = fp(x_fp[i:i + chunk])
-        return a3 + idf - shortcut(x_pr[i:i + chunk])  # the shortcut's error is the branch's to make up
+        _, _, a3, idf = fp(fp_in(i))
+        return a3 + idf - shortcut(pr(i))  # the shortcut's error is the branch's to make up
 
     bias3 = fit(conv3, r2, target3)
-    nxt_fp, nxt_pr = [], []
+    nxt_fp = nxt_pr = None
     for i in range(0, len(x_fp), chunk):
-        _, _, a3, idf = fp(x_fp[i:i + chunk])
-        nxt_fp.append((a3 + idf).relu())
-        nxt_pr.append((F.conv2d(r2(i), conv3.weight, bias3) + shortcut(x_pr[i:i + chunk])).relu())
+        _, _, a3, idf = fp(fp_in(i))
+        y_fp, y_pr = (a3 + idf).relu(), (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu()
+        if nxt_fp is None:
+            nxt_fp, nxt_pr = _store(len(x_fp), y_fp), _store(len(x_fp), y_pr)
+        nxt_fp[i:i + len(y_fp)], nxt_pr[i:i + len(y_pr)] = _half(y_fp), _half(y_pr)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
-    return torch.cat(nxt_fp), torch.cat(nxt_pr)
+    return nxt_fp, nxt_pr
 
 
-def _choose(fp, x_fp, w2, w3, k1, k2, conv2, damp, positions, chunk, gen, selection):
+SELECTION_IMAGES = 512  # obs: the consumer statistics of this many images choose the channels; more only refine the fit
+
+
+def _choose(fp, fp_in, n, w2, w3, k1, k2, conv2, damp, positions, chunk, gen, selection):
     """Which inner channels stay, judged on the FP32 network. "obs": those whose loss the consumer (conv2 for
-    conv1's outputs, conv3 for conv2's), re-fitted, feels least (`_obs_keep`); "energy": activation energy through
-    the consumer's weights, E[a_c^2] * ||W_next[:, c]||^2."""
+    conv1's outputs, conv3 for conv2's), re-fitted, feels least (`_obs_keep`), from the first `SELECTION_IMAGES`
+    of the n images; "energy": activation energy through the consumer's weights, E[a_c^2] * ||W_next[:, c]||^2."""
     torch = require("torch")
     if selection == "obs":
         c2, c3 = _Ridge(w2.shape[1] * 9, w2.shape[0]), _Ridge(w3.shape[1], w3.shape[0])
-        for i in range(0, len(x_fp), chunk):
-            a1, a2, a3, _ = fp(x_fp[i:i + chunk])
+        for i in range(0, min(n, SELECTION_IMAGES), chunk):
+            a1, a2, a3, _ = fp(fp_in(i))
             for ridge, xs, ys in ((c2, _patches(a1.relu(), conv2), _rows(a2)), (c3, _rows(a2.relu()), _rows(a3))):
                 idx = torch.randperm(len(xs), generator=gen)[:positions * chunk]
                 ridge.add(xs[idx], ys[idx])
         return _obs_keep(c2, 9, k1, damp), _obs_keep(c3, 1, k2, damp)
     e1 = torch.zeros(w2.shape[1], dtype=torch.float64)
     e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
-    for i in range(0, len(x_fp), chunk):
-        a1, a2 = fp(x_fp[i:i + chunk], 2)
+    for i in range(0, n, chunk):
+        a1, a2 = fp(fp_in(i), 2)
         e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
         e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
     keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
