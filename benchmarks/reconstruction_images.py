@@ -27,14 +27,19 @@ def logits(net, images, pre) -> np.ndarray:
         return torch.cat([net.eval()(torch.from_numpy(x)) for x, _ in images.batches(pre, 50)]).numpy()
 
 
+def reference_model() -> str:
+    """The reference checkpoint's path (fetched and converted by get_resnet50.py on first use)."""
+    return subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+
+
 def main() -> None:
     import calibration
     from calibration.images import Preprocess
     from compress import model as models
     from compress import reconstruct
 
-    model = subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
+    model = reference_model()
     pre = Preprocess()
     cache = ROOT / "runs" / "reference" / "cache"
     teacher = models.load("resnet50-v1", model)
