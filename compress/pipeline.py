@@ -22,7 +22,7 @@ import numpy as np
 import calibration
 from compress import __version__
 from compress.errors import UserError, require
-from compress.recipe import RunSpec
+from compress.recipe import S24_IMAGES, SENSITIVITY_IMAGES, RunSpec
 from compress.rundir import Result, RunDir, Variant, parse_variant
 from compress.store import read_json, sha256_file, sha256_json, write_json
 
@@ -199,7 +199,6 @@ class Pipeline:
         steps: list = []
         if v.dropped_blocks is not None or (v.prune_ratio is not None and p.method == "reconstruct"):
             from compress import reconstruct
-            from compress.recipe import SENSITIVITY_IMAGES
 
             subset = recovery.sample(p.reconstruction_images)
             started = time.perf_counter()
@@ -224,8 +223,6 @@ class Pipeline:
                 facts = prune.channels(net, v.prune_ratio, self.pre.crop, p.method, p.round_to, p.global_pruning,
                                        labelled, target_macs=target)
             else:
-                from compress.recipe import S24_IMAGES
-
                 facts = {**prune.sparsify_24(net, recovery.sample(S24_IMAGES), self.pre),
                          **prune.count(net, self.pre.crop)}
             if p.bn_recalibration:

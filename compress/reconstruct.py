@@ -108,22 +108,22 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int) -> float
 
 def _chunked(f, x, chunk: int):
     """f over x, `chunk` images at a time (memory of one chunk's intermediates), in float32; the results are kept
-    in float16 (`_store`)."""
+    in float16 (`_gather`)."""
+    return _gather(lambda i: f(x[i:i + chunk].float()), len(x), chunk)
+
+
+def _gather(f, n: int, chunk: int):
+    """The results of f(i) for the chunks i = 0, chunk, 2 * chunk, ... of n images, kept in float16: half the
+    memory of float32 (the activations of every image at one block are what bounds the reconstruction's memory;
+    float16's relative error, 5e-4, is far below what pruning moves)."""
+    torch = require("torch")
     out = None
-    for i in range(0, len(x), chunk):
-        y = f(x[i:i + chunk].float())
+    for i in range(0, n, chunk):
+        y = f(i)
         if out is None:
-            out = _store(len(x), y)
+            out = torch.empty((n, *y.shape[1:]), dtype=torch.float16)
         out[i:i + len(y)] = _half(y)
     return out
-
-
-def _store(n: int, like):
-    """Room for n images of activations shaped like one chunk's `like`: float16, half the memory of float32 (the
-    activations of every image at one block are what bounds the reconstruction's memory; float16's relative
-    error, 5e-4, is far below what pruning moves)."""
-    torch = require("torch")
-    return torch.empty((n, *like.shape[1:]), dtype=torch.float16)
 
 
 def _half(y):
@@ -372,13 +372,13 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
         return a3 + idf - shortcut(pr(i))  # the shortcut's error is the branch's to make up
 
     bias3 = fit(conv3, r2, target3)
-    nxt_fp = nxt_pr = None
-    for i in range(0, len(x_fp), chunk):
+
+    def out_fp(i):
         _, _, a3, idf = fp(fp_in(i))
-        y_fp, y_pr = (a3 + idf).relu(), (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu()
-        if nxt_fp is None:
-            nxt_fp, nxt_pr = _store(len(x_fp), y_fp), _store(len(x_fp), y_pr)
-        nxt_fp[i:i + len(y_fp)], nxt_pr[i:i + len(y_pr)] = _half(y_fp), _half(y_pr)
+        return (a3 + idf).relu()
+
+    nxt_fp = _gather(out_fp, len(x_fp), chunk)
+    nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))

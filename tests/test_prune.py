@@ -242,7 +242,6 @@ def test_obs_selection_leaves_outputs_closer_than_energy(tiny_model, data_dirs):
     assert errors["obs"] < 0.6 * errors["energy"]  # on images neither saw (measured: 0.13 against 0.51)
 
 
-
 def test_activations_beyond_float16_are_refused_not_fitted_as_inf(tiny_model, data_dirs):
     """The reconstruction keeps activations in float16: a checkpoint whose activations pass 65504 is an error the
     user can read, not weights fitted to inf."""
@@ -254,6 +253,7 @@ def test_activations_beyond_float16_are_refused_not_fitted_as_inf(tiny_model, da
         broken.conv1.weight.mul_(1e6)
     with pytest.raises(UserError, match="float16"):
         reconstruct.reconstruct(broken, images(data_dirs["calib"]).head(16), TINY, 0.3, round_to=4, progress=False)
+
 
 @pytest.mark.slow
 def test_pnn_means_fewer_macs_and_reconstruction_is_the_default(tiny_checkpoint, data_dirs, tmp_path, capsys):
