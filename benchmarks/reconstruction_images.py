@@ -1,8 +1,9 @@
 """How many unlabelled images the reconstruction needs: pNN re-fitted on N calibration images (drawn as
 `compress run` draws them) with ridge damping D, evaluated with PyTorch on the CPU on the 1,000 reference evaluation
-images: top-1, agreement with the FP32 predictions and the RMS difference of the logits from FP32's.
+images: top-1, agreement with the FP32 predictions and the RMS difference of the logits from FP32's. ROUNDS
+(optional, default `reconstruct.RELU_ROUNDS`): the rounds that fit each conv to what passes its ReLU.
 
-    python benchmarks/reconstruction_images.py N:RATIO:DAMP [N:RATIO:DAMP ...]     e.g. 1000:0.3:0.001
+    python benchmarks/reconstruction_images.py N:RATIO:DAMP[:ROUNDS] ...     e.g. 1000:0.3:0.001 256:0.3:0.001:0
 """
 
 from __future__ import annotations
@@ -46,14 +47,18 @@ def main() -> None:
     calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     base = logits(teacher, evaluation, pre)
+    default_rounds = reconstruct.RELU_ROUNDS
     for spec in sys.argv[1:]:
-        n, ratio, damp = int(spec.split(":")[0]), float(spec.split(":")[1]), float(spec.split(":")[2])
+        fields = spec.split(":")
+        n, ratio, damp = int(fields[0]), float(fields[1]), float(fields[2])
+        reconstruct.RELU_ROUNDS = rounds = int(fields[3]) if len(fields) > 3 else default_rounds
         started = time.perf_counter()
         net, _ = reconstruct.reconstruct(teacher, calib.sample(n), pre, ratio, damp=damp, progress=False)
         seconds = time.perf_counter() - started
         out = logits(net, evaluation, pre)
         top1 = out.argmax(1)
-        print(json.dumps({"images": n, "mac_reduction": ratio, "damp": damp, "seconds": round(seconds),
+        print(json.dumps({"images": n, "mac_reduction": ratio, "damp": damp, "relu_rounds": rounds,
+                          "seconds": round(seconds),
                           "top1": float((top1 == evaluation.labels).mean()),
                           "agreement": float((top1 == base.argmax(1)).mean()),
                           "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}), flush=True)
