@@ -378,9 +378,8 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
             g = torch.Generator().manual_seed(seed)
             for i in range(0, len(x_fp), chunk):
                 xs, ys = _patches(inputs(i), conv), _rows(target(i))
-                off = _rows(offset(i)) if offset is not None else torch.zeros(())
                 idx = torch.randperm(len(xs), generator=g)[:positions * chunk]
-                yield xs[idx], ys[idx], off[idx] if off.ndim else off
+                yield xs[idx], ys[idx], _rows(offset(i))[idx] if offset is not None else torch.zeros(())
 
         w, b = _relu_fit(rows, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels,
                          damp)
