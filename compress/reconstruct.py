@@ -371,7 +371,8 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
     conv3 = torch.nn.Conv2d(k2, tb.conv3.out_channels, 1, bias=False)
 
     def fit(conv, inputs, target, offset=None) -> tuple:
-        """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target + offset) (`_relu_fit`)."""
+        """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target) (`_relu_fit`): the branch is
+        fitted to target - offset, so it makes up the offset's error too."""
         seed = int(torch.randint(2**31, (1,), generator=gen))
 
         def rows():  # the same sampled positions of every chunk at each call
@@ -379,7 +380,11 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
             for i in range(0, len(x_fp), chunk):
                 xs, ys = _patches(inputs(i), conv), _rows(target(i))
                 idx = torch.randperm(len(xs), generator=g)[:positions * chunk]
-                yield xs[idx], ys[idx], _rows(offset(i))[idx] if offset is not None else torch.zeros(())
+                if offset is None:
+                    yield xs[idx], ys[idx], torch.zeros(())
+                else:
+                    off = _rows(offset(i))[idx]
+                    yield xs[idx], ys[idx] - off, off
 
         w, b = _relu_fit(rows, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels,
                          damp)
@@ -395,17 +400,12 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
     bias1 = fit(conv1, pr, lambda i: fp(fp_in(i), 1)[0][:, keep1])
     bias2 = fit(conv2, r1, lambda i: fp(fp_in(i), 2)[1][:, keep2])
 
-    def target3(i):
+    def block_fp(i):  # the FP32 block's output before its ReLU
         _, _, a3, idf = fp(fp_in(i))
-        return a3 + idf - shortcut(pr(i))  # the shortcut's error is the branch's to make up
+        return a3 + idf
 
-    bias3 = fit(conv3, r2, target3, lambda i: shortcut(pr(i)))
-
-    def out_fp(i):
-        _, _, a3, idf = fp(fp_in(i))
-        return (a3 + idf).relu()
-
-    nxt_fp = _gather(out_fp, len(x_fp), chunk)
+    bias3 = fit(conv3, r2, block_fp, lambda i: shortcut(pr(i)))  # the shortcut's error is the branch's to make up
+    nxt_fp = _gather(lambda i: block_fp(i).relu(), len(x_fp), chunk)
     nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
