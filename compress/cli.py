@@ -119,9 +119,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--reconstruction-images", type=_positive_int, default=1000,
                     help="unlabelled images the reconstruction fits on (default 1000: about 27 minutes for "
                     "ResNet-50 at p30 on 2 CPU cores; fewer is faster and less accurate)")
-    pr.add_argument("--allocation", default="uniform", choices=["uniform", "sensitivity"],
-                    help="reconstruct: the same share of every block's inner channels, or shares from each block's "
-                    "measured sensitivity (where accuracy per MAC saved is cheapest) (default uniform)")
+    pr.add_argument("--allocation", default="stages", choices=["stages", "uniform", "sensitivity"],
+                    help="reconstruct: stages, the same share of every block's inner channels but none of the "
+                    "last stage's, which is the most sensitive; uniform, the same share everywhere; sensitivity, "
+                    "shares from each block's measured sensitivity (default stages)")
     pr.add_argument("--selection", default="obs", choices=["obs", "energy"],
                     help="reconstruct: which inner channels stay: obs removes, one after another, the channel whose "
                     "loss the re-fitted consumer feels least (optimal brain surgeon); energy keeps the largest "

@@ -207,7 +207,7 @@ class Pipeline:
             else:
                 net, facts = reconstruct.reconstruct(
                     teacher, subset, self.pre, v.prune_ratio, p.round_to,
-                    sensitivity_images=SENSITIVITY_IMAGES if p.allocation == "sensitivity" else 0,
+                    allocation=p.allocation, sensitivity_images=SENSITIVITY_IMAGES,
                     selection=p.selection)
             facts.update(prune.count(net, self.pre.crop))
             steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})

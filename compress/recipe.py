@@ -39,7 +39,7 @@ class QuantizeSpec:
             raise UserError(f"--calib-limit must be a positive number of images, got {self.calib_limit}")
 
 
-ALLOCATIONS = ("uniform", "sensitivity")
+ALLOCATIONS = ("stages", "uniform", "sensitivity")
 SELECTIONS = ("obs", "energy")
 SENSITIVITY_IMAGES = 64  # images that measure each block's sensitivity (--allocation sensitivity)
 S24_IMAGES = 256  # images whose Gram matrices choose and update s24's weights (benchmarks/results/s24-update.md)
@@ -55,7 +55,7 @@ class PruneSpec:
 
     method: str = "reconstruct"
     reconstruction_images: int = 1000
-    allocation: str = "uniform"  # reconstruct: the same share of every block, or by measured block sensitivity
+    allocation: str = "stages"  # reconstruct: where the channels go (`reconstruct.reconstruct`)
     selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
     round_to: int = 8
     global_pruning: bool = False

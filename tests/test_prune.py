@@ -235,7 +235,7 @@ def test_obs_selection_leaves_outputs_closer_than_energy(tiny_model, data_dirs):
     errors = {}
     for selection in ("obs", "energy"):
         net, facts = reconstruct.reconstruct(tiny_model, calib, TINY, 0.3, round_to=4, progress=False,
-                                             selection=selection)
+                                             selection=selection, allocation="uniform")
         assert facts["selection"] == selection
         assert reconstruct.macs(net, TINY.crop) <= 0.7 * reconstruct.macs(tiny_model, TINY.crop)
         errors[selection] = _output_error(net, tiny_model, held_out)
@@ -279,7 +279,8 @@ def test_relu_rounds_leave_the_pruned_network_closer(tiny_model, data_dirs, monk
     errors = []
     for rounds in (0, 2):
         monkeypatch.setattr(reconstruct, "RELU_ROUNDS", rounds)
-        net, _ = reconstruct.reconstruct(tiny_model, calib, TINY, 0.4, round_to=4, progress=False)
+        net, _ = reconstruct.reconstruct(tiny_model, calib, TINY, 0.4, round_to=4, progress=False,
+                                         allocation="uniform")
         errors.append(_output_error(net, tiny_model, held_out))
     assert errors[1] < 0.9 * errors[0]  # on images the fit did not see (measured: 0.21 against 0.26)
 
@@ -294,7 +295,8 @@ def test_activations_beyond_float16_are_refused_not_fitted_as_inf(tiny_model, da
     with torch.no_grad():
         broken.conv1.weight.mul_(1e6)
     with pytest.raises(UserError, match="float16"):
-        reconstruct.reconstruct(broken, images(data_dirs["calib"]).head(16), TINY, 0.3, round_to=4, progress=False)
+        reconstruct.reconstruct(broken, images(data_dirs["calib"]).head(16), TINY, 0.3, round_to=4, progress=False,
+                                allocation="uniform")
 
 
 @pytest.mark.slow
@@ -328,9 +330,26 @@ def test_allocation_spares_the_sensitive_block_and_meets_the_mac_target(tiny_mod
     half = reconstruct.sensitivities(tiny_model, calib, TINY, fraction=0.5, round_to=4)
     assert len(half) == 4 and max(none) < 1e-3 and min(half) > 10 * max(none, default=0) + 1e-6
     net, facts = reconstruct.reconstruct(tiny_model, calib, TINY, 0.2, round_to=4, progress=False,
-                                         sensitivity_images=32)
+                                         allocation="sensitivity", sensitivity_images=32)
     assert facts["allocation"] == "sensitivity" and len(facts["sensitivity"]["kl"]) == 4
     assert reconstruct.macs(net, TINY.crop) <= 0.8 * full
+
+
+def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny_model):
+    from compress import reconstruct
+
+    shares = reconstruct.stage_shares(tiny_model)  # the last stage: the last block with a downsample, and after
+    assert shares == [1.0, 1.0, reconstruct.LAST_STAGE, reconstruct.LAST_STAGE] and reconstruct.LAST_STAGE < 1
+    full = reconstruct.macs(tiny_model, TINY.crop)
+    fraction = reconstruct.fraction_for(tiny_model, TINY.crop, 0.15, 4, shares)
+    counts = reconstruct.inner_counts(tiny_model, fraction, 4, shares)
+    uniform = reconstruct.inner_counts(tiny_model, reconstruct.fraction_for(tiny_model, TINY.crop, 0.15, 4), 4)
+    assert 0.75 * full < reconstruct.macs(tiny_model, TINY.crop, counts) <= 0.85 * full
+    widths = [(b.conv1.out_channels, b.conv2.out_channels) for b in reconstruct.blocks(tiny_model)]
+    kept = [(k1 + k2) / (w1 + w2) for (k1, k2), (w1, w2) in zip(counts, widths)]
+    assert min(kept[2:]) > max(kept[:2])  # the last stage keeps more ...
+    assert all(c[0] <= u[0] and c[1] <= u[1] for c, u in zip(counts[:2], uniform[:2]))  # ... the others make up
+    assert all(k1 % 4 == 0 and k2 % 4 == 0 for k1, k2 in counts)
 
 
 def test_variant_grammar_and_lineage():
