@@ -4,7 +4,7 @@ against FP32 in its own run (runs are minutes to hours apart; a ratio within one
     python benchmarks/prune_front.py
 
 Reads the committed reports in benchmarks/results (prune-reconstruct, prune-l1-bn, prune-distill, drop-d5 and,
-when present, prune-p20, prune-p50, prune-obs, prune-1000 and prune-relu); writes
+when present, prune-p20, prune-p50, prune-obs, prune-1000, prune-relu and prune-stages); writes
 benchmarks/results/prune-front.{md,png}.
 """
 
@@ -26,12 +26,14 @@ SOURCES = {
     "prune-obs.json": "reconstruction (512, obs channels) + distillation",
     "prune-1000.json": "reconstruction (1,000, obs channels) + distillation",
     "prune-relu.json": "reconstruction (1,000, obs, fitted through the ReLU) + distillation",
+    "prune-stages.json": "reconstruction (1,000, obs, ReLU, last stage whole) + distillation",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
          "prune-obs": "prune-distill.md#which-channels-stay",
          "prune-1000": "prune-distill.md#the-default-since-reconstruction-on-1000-images",
          "prune-relu": "prune-distill.md#the-default-since-each-conv-fitted-through-its-relu",
+         "prune-stages": "prune-distill.md#the-default-since-the-last-stage-left-whole",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     (RESULTS / "prune-front.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan"]
+    palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan", "tab:olive"]
     colors = dict(zip(dict.fromkeys(SOURCES.values()), palette))
     seen = set()
     for r in rows:

@@ -117,7 +117,7 @@ def parser() -> argparse.ArgumentParser:
                     "images; l1/l2/taylor: Torch-Pruning's criteria over every group, then BatchNorm re-estimation "
                     "(taylor uses the calibration images' labels) (default reconstruct)")
     pr.add_argument("--reconstruction-images", type=_positive_int, default=1000,
-                    help="unlabelled images the reconstruction fits on (default 1000: about 27 minutes for "
+                    help="unlabelled images the reconstruction fits on (default 1000: about 15 minutes for "
                     "ResNet-50 at p30 on 2 CPU cores; fewer is faster and less accurate)")
     pr.add_argument("--allocation", default="stages", choices=["stages", "uniform", "sensitivity"],
                     help="reconstruct: stages, the same share of every block's inner channels but none of the "

@@ -1,0 +1,52 @@
+"""Where to prune: pNN reconstructed on N calibration images with each stage's share of the pruned inner-channel
+fraction given (S1..S4 for layer1..layer4: 1 is an even share, 0 leaves the stage whole; the fraction is then
+searched so the model has RATIO fewer MACs), evaluated with PyTorch on the CPU on the 1,000 reference evaluation
+images as `reconstruction_images.py` evaluates: top-1, agreement with FP32 and the RMS logit difference.
+
+    python benchmarks/stage_shares.py N:RATIO:S1:S2:S3:S4 ...     e.g. 256:0.3:1:1:1:0 256:0.3:1:1:1:1
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+from reconstruction_images import REF, ROOT, logits, reference_model
+
+
+def main() -> None:
+    import calibration
+    from calibration.images import Preprocess
+    from compress import model as models
+    from compress import reconstruct
+
+    pre = Preprocess()
+    cache = ROOT / "runs" / "reference" / "cache"
+    teacher = models.load("resnet50-v1", reference_model())
+    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
+    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    base = logits(teacher, evaluation, pre)
+    names = {b: name for name, b in teacher.named_modules()}
+    stage = [int(names[b].removeprefix("layer").split(".")[0]) - 1 for b in reconstruct.blocks(teacher)]
+    full = reconstruct.macs(teacher, pre.crop)
+    for spec in sys.argv[1:]:
+        n, ratio, *shares = spec.split(":")
+        per_block = [float(shares[s]) for s in stage]
+        reconstruct.stage_shares = lambda model, shares=per_block: shares
+        started = time.perf_counter()
+        net, facts = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), progress=False)
+        seconds = time.perf_counter() - started
+        out = logits(net, evaluation, pre)
+        top1 = out.argmax(1)
+        print(json.dumps({"images": int(n), "mac_reduction": float(ratio), "stage_shares": shares,
+                          "macs": round(reconstruct.macs(net, pre.crop) / full, 4),
+                          "inner_channels": facts["inner_channels"], "seconds": round(seconds),
+                          "top1": float((top1 == evaluation.labels).mean()),
+                          "agreement": float((top1 == base.argmax(1)).mean()),
+                          "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
