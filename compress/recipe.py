@@ -11,6 +11,7 @@ from calibration.images import Preprocess
 from compress.errors import UserError
 from compress.prune import IMPORTANCES
 from compress.quantize import CPU_CLASSES, METHODS
+from compress.reconstruct import ALLOCATIONS
 from compress.rundir import Variant, parse_variants
 from compress.sensitivity import Budget
 
@@ -39,7 +40,6 @@ class QuantizeSpec:
             raise UserError(f"--calib-limit must be a positive number of images, got {self.calib_limit}")
 
 
-ALLOCATIONS = ("stages", "uniform", "sensitivity")
 SELECTIONS = ("obs", "energy")
 SENSITIVITY_IMAGES = 64  # images that measure each block's sensitivity (--allocation sensitivity)
 S24_IMAGES = 256  # images whose Gram matrices choose and update s24's weights (benchmarks/results/s24-update.md)

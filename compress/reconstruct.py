@@ -52,6 +52,7 @@ def inner_counts_of(block, fraction: float, round_to: int) -> tuple[int, int]:
     return keep(block.conv1.out_channels), keep(block.conv2.out_channels)
 
 
+ALLOCATIONS = ("stages", "uniform", "sensitivity")  # where the channels go (`reconstruct`)
 LAST_STAGE = 0.0  # the last stage's share of the pruned fraction (prune-distill.md, "Where to prune")
 
 
@@ -271,14 +272,14 @@ def _relu_fit(rows, features: int, outputs: int, damp: float, rounds: int | None
     matrix products, not the network's forward passes again."""
     torch = require("torch")
     rounds = RELU_ROUNDS if rounds is None else rounds
-    kept = list(rows()) if rounds else None
+    data = list(rows()) if rounds else rows()
     ridge = _Ridge(features, outputs)
-    for x, y, _ in kept if kept is not None else rows():
+    for x, y, _ in data:
         ridge.add(x, y)
     w, b = ridge.solve(damp)
     for _ in range(rounds):
         ridge.xy.zero_()
-        for x, y, off in kept:
+        for x, y, off in data:
             ridge.add(x, torch.where(y + off > 0, y, torch.minimum(x @ w.T + b, -off)), gram=False)
         w, b = ridge.solve(damp)
     return w, b
@@ -334,7 +335,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
 
     teacher = teacher.eval()
     crop = preprocess.crop
-    if allocation not in ("stages", "uniform", "sensitivity"):
+    if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}")
     shares = stage_shares(teacher) if allocation == "stages" else None
     fraction = fraction_for(teacher, crop, mac_reduction, round_to, shares)
