@@ -117,8 +117,11 @@ def parser() -> argparse.ArgumentParser:
                     "images; l1/l2/taylor: Torch-Pruning's criteria over every group, then BatchNorm re-estimation "
                     "(taylor uses the calibration images' labels) (default reconstruct)")
     pr.add_argument("--reconstruction-images", type=_positive_int, default=1000,
-                    help="unlabelled images the reconstruction fits on (default 1000: about 15 minutes for "
-                    "ResNet-50 at p30 on 2 CPU cores; fewer is faster and less accurate)")
+                    help="unlabelled images the reconstruction fits on (default 1000: about 25 minutes for "
+                    "ResNet-50 at p30 on 2 CPU cores with the refinement; fewer is faster and less accurate)")
+    pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=2, metavar="N",
+                    help="reconstruct: passes of Adam over the images per block after its closed-form fit, toward "
+                    "the FP32 block's output (default 2, about half the reconstruction's time; 0: closed form only)")
     pr.add_argument("--allocation", default="stages", choices=["stages", "uniform", "sensitivity"],
                     help="reconstruct: stages, the same share of every block's inner channels but none of the "
                     "last stage's, which is the most sensitive; uniform, the same share everywhere; sensitivity, "

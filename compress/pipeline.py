@@ -208,7 +208,7 @@ class Pipeline:
                 net, facts = reconstruct.reconstruct(
                     teacher, subset, self.pre, v.prune_ratio, p.round_to,
                     allocation=p.allocation, sensitivity_images=SENSITIVITY_IMAGES,
-                    selection=p.selection)
+                    selection=p.selection, refine_epochs=p.refine_epochs)
             facts.update(prune.count(net, self.pre.crop))
             steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
         else:

@@ -57,6 +57,7 @@ class PruneSpec:
     reconstruction_images: int = 1000
     allocation: str = "stages"  # reconstruct: where the channels go (`reconstruct.reconstruct`)
     selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
+    refine_epochs: int = 2  # reconstruct: Adam passes per block after its closed-form fit (`reconstruct._refine`)
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True
@@ -76,6 +77,8 @@ class PruneSpec:
             raise UserError(f"unknown selection {self.selection!r}", f"choose from {', '.join(SELECTIONS)}")
         if not 8 <= self.reconstruction_images <= 100_000:
             raise UserError(f"--reconstruction-images must be 8..100000, got {self.reconstruction_images}")
+        if not 0 <= self.refine_epochs <= 100:
+            raise UserError(f"--refine-epochs must be 0..100, got {self.refine_epochs}")
         _finite("--recovery-minutes", self.recovery_minutes)
         if not 0 <= self.recovery_minutes <= 100_000:
             raise UserError(f"--recovery-minutes must be 0..100000, got {self.recovery_minutes}")

@@ -1,6 +1,6 @@
 """Pruning with reconstruction: remove inner bottleneck channels (pNN) or whole blocks (dN, `drop`), then re-fit
 the layers that consume them so the pruned network reproduces the FP32 network's activations on unlabelled
-images. No labels, no backprop, minutes on a CPU.
+images. No labels, minutes on a CPU.
 
 Where: the inner channels of every residual block (the outputs of conv1 and conv2), never the residual stream,
 the stem or the classifier: they carry most of the MACs (conv2 loses them on both sides) and no other block
@@ -16,7 +16,8 @@ FP32 conv1's kept channels, conv2 to FP32 conv2's kept channels, conv3 to FP32 c
 the shortcut path (so the block's output, not only its branch, matches). Each conv feeds a ReLU, so values the
 FP32 network's ReLU zeroes only need to stay at or below zero: a few rounds re-fit with those targets relaxed
 (`_relu_fit`). Statistics are accumulated over image chunks at sampled positions: memory is bounded by the
-chunk, not the image count.
+chunk, not the image count. Then, optionally, a few passes of Adam on the whole block toward the FP32 block's
+output (`_refine`), which the closed-form fits cannot do: move conv1 and conv2 off FP32's kept channels.
 """
 
 from __future__ import annotations
@@ -323,12 +324,13 @@ def _rows(y):
 def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int = 8, damp: float = 1e-3,
                 positions: int = 512, chunk: int = 16, progress: bool = True,
                 allocation: str = "stages", sensitivity_images: int = 64,
-                selection: str = "obs") -> tuple[object, dict]:
+                selection: str = "obs", refine_epochs: int = 0) -> tuple[object, dict]:
     """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
-    pruned block re-fitted on `images` (unlabelled). `allocation`: "stages", the same share of every block's
-    channels but less in the last stage (`stage_shares`); "uniform", the same in every block; "sensitivity",
-    per-block shares from each block's measured sensitivity on `sensitivity_images` (`sensitivities`,
-    `allocate`). Returns the model and what was done."""
+    block re-fitted on `images` (unlabelled), then refined by `refine_epochs` of Adam (`_refine`).
+    `allocation`: "stages", the same share of every block's channels but less in the last stage
+    (`stage_shares`); "uniform", the same in every block; "sensitivity", per-block shares from each block's
+    measured sensitivity on `sensitivity_images` (`sensitivities`, `allocate`). Returns the model and what was
+    done."""
     torch = require("torch")
     F = torch.nn.functional
     from tqdm import tqdm
@@ -354,10 +356,11 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
         for tb, sb, (k1, k2) in bar:
-            x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection)
+            x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection,
+                                refine_epochs)
     facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
              "inner_channels": counts, "allocation": allocation,
-             "selection": selection}
+             "selection": selection, "refine_epochs": refine_epochs}
     if sens is None:
         facts["inner_fraction"] = round(fraction, 4)
         if shares is not None:
@@ -367,7 +370,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     return student.eval(), facts
 
 
-def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection="obs"):
+def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection="obs", refine: int = 0):
     torch = require("torch")
     (w1, b1), (w2, b2), (w3, b3) = _fold(tb.conv1, tb.bn1), _fold(tb.conv2, tb.bn2), _fold(tb.conv3, tb.bn3)
     ds = tb.downsample
@@ -435,11 +438,50 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
 
     bias3 = fit(conv3, r2, block_fp, lambda i: shortcut(pr(i)))  # the shortcut's error is the branch's to make up
     nxt_fp = _gather(lambda i: block_fp(i).relu(), len(x_fp), chunk)
-    nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
+    if not refine:
+        nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
+    if refine:
+        whole = (k1, k2) == (w1.shape[0], w2.shape[0])
+        _refine(sb, x_pr, nxt_fp, refine, REFINE_LR / 10 if whole else REFINE_LR, gen, chunk)
+        nxt_pr = _chunked(sb, x_pr, chunk)
     return nxt_fp, nxt_pr
+
+
+REFINE_LR = 1e-3  # Adam; a block left whole moves at a tenth (its fit is already close: at 1e-3 layer4 diverged)
+REFINE_BATCH = 16
+
+
+def _refine(block, x, target, epochs: int, lr: float, gen, chunk: int) -> None:
+    """Adam on all of `block`'s weights toward `target` (the FP32 block's output) from `x` (the pruned network's
+    input to it), `epochs` passes over the images under a cosine decay. The closed-form fits hold conv1 and conv2
+    to FP32's kept channels; here they may move to whatever serves the block's output. Kept only if the error on
+    these images went down (a step size too large for a block makes it worse, never the model)."""
+    torch = require("torch")
+
+    def error() -> float:
+        return sum(float((block(x[i:i + chunk].float()) - target[i:i + chunk].float()).pow(2).sum())
+                   for i in range(0, len(x), chunk))
+
+    before, saved = error(), copy.deepcopy(block.state_dict())
+    batch = min(REFINE_BATCH, len(x))
+    steps = epochs * (len(x) // batch)
+    with torch.enable_grad():
+        opt = torch.optim.Adam(block.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x) - batch + 1, batch):
+                idx = order[i:i + batch]
+                loss = (block(x[idx].float()) - target[idx].float()).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                schedule.step()
+    if not error() < before:
+        block.load_state_dict(saved)
 
 
 SELECTION_IMAGES = 512  # obs: the consumer statistics of this many images choose the channels; more only refine the fit
