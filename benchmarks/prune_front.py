@@ -4,7 +4,7 @@ against FP32 in its own run (runs are minutes to hours apart; a ratio within one
     python benchmarks/prune_front.py
 
 Reads the committed reports in benchmarks/results (prune-reconstruct, prune-l1-bn, prune-distill, drop-d5 and,
-when present, prune-p20, prune-p50, prune-obs, prune-1000, prune-relu and prune-stages); writes
+when present, prune-p20, prune-p50, prune-obs, prune-1000, prune-relu, prune-stages and prune-refine); writes
 benchmarks/results/prune-front.{md,png}.
 """
 
@@ -27,6 +27,7 @@ SOURCES = {
     "prune-1000.json": "reconstruction (1,000, obs channels) + distillation",
     "prune-relu.json": "reconstruction (1,000, obs, fitted through the ReLU) + distillation",
     "prune-stages.json": "reconstruction (1,000, obs, ReLU, last stage whole) + distillation",
+    "prune-refine.json": "reconstruction (1,000, obs, ReLU, last stage whole, refined) + distillation",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
@@ -34,6 +35,7 @@ PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning"
          "prune-1000": "prune-distill.md#the-default-since-reconstruction-on-1000-images",
          "prune-relu": "prune-distill.md#the-default-since-each-conv-fitted-through-its-relu",
          "prune-stages": "prune-distill.md#the-default-since-the-last-stage-left-whole",
+         "prune-refine": "prune-distill.md#the-default-since-each-block-refined-by-adam-after-its-fit",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
@@ -85,7 +87,8 @@ def main() -> None:
     (RESULTS / "prune-front.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan", "tab:olive"]
+    palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan", "tab:olive",
+               "tab:pink"]
     colors = dict(zip(dict.fromkeys(SOURCES.values()), palette))
     seen = set()
     for r in rows:
