@@ -23,6 +23,7 @@ output (`_refine`), which the closed-form fits cannot do: move conv1 and conv2 o
 from __future__ import annotations
 
 import copy
+import math
 import sys
 
 from compress.errors import UserError, require
@@ -393,8 +394,9 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
     def pr(i):
         return x_pr[i:i + chunk].float()
 
+    whole = (k1, k2) == (w1.shape[0], w2.shape[0])
     keep1, keep2 = torch.arange(w1.shape[0]), torch.arange(w2.shape[0])
-    if (k1, k2) != (w1.shape[0], w2.shape[0]):
+    if not whole:
         keep1, keep2 = _choose(fp, fp_in, len(x_fp), w2, w3, k1, k2, tb.conv2, damp, positions, chunk, gen,
                                selection)
 
@@ -438,15 +440,13 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
 
     bias3 = fit(conv3, r2, block_fp, lambda i: shortcut(pr(i)))  # the shortcut's error is the branch's to make up
     nxt_fp = _gather(lambda i: block_fp(i).relu(), len(x_fp), chunk)
-    if not refine:
-        nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
     if refine:
-        whole = (k1, k2) == (w1.shape[0], w2.shape[0])
-        _refine(sb, x_pr, nxt_fp, refine, REFINE_LR / 10 if whole else REFINE_LR, gen, chunk)
-        nxt_pr = _chunked(sb, x_pr, chunk)
+        nxt_pr = _refine(sb, x_pr, nxt_fp, refine, REFINE_LR / 10 if whole else REFINE_LR, gen, chunk)
+    else:
+        nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     return nxt_fp, nxt_pr
 
 
@@ -454,18 +454,26 @@ REFINE_LR = 1e-3  # Adam; a block left whole moves at a tenth (its fit is alread
 REFINE_BATCH = 16
 
 
-def _refine(block, x, target, epochs: int, lr: float, gen, chunk: int) -> None:
+def _refine(block, x, target, epochs: int, lr: float, gen, chunk: int):
     """Adam on all of `block`'s weights toward `target` (the FP32 block's output) from `x` (the pruned network's
     input to it), `epochs` passes over the images under a cosine decay. The closed-form fits hold conv1 and conv2
     to FP32's kept channels; here they may move to whatever serves the block's output. Kept only if the error on
-    these images went down (a step size too large for a block makes it worse, never the model)."""
+    these images went down (a step size too large for a block makes it worse, never the model). Returns the
+    block's outputs on `x`, as `_chunked` keeps them."""
     torch = require("torch")
 
-    def error() -> float:
-        return sum(float((block(x[i:i + chunk].float()) - target[i:i + chunk].float()).pow(2).sum())
-                   for i in range(0, len(x), chunk))
+    def outputs():  # the block's outputs and their squared error to `target`, in one pass
+        error = 0.0
 
-    before, saved = error(), copy.deepcopy(block.state_dict())
+        def f(i):
+            nonlocal error
+            y = block(x[i:i + chunk].float())
+            error += float((y - target[i:i + chunk].float()).pow(2).sum())
+            return y
+
+        return _gather(f, len(x), chunk), error
+
+    before, saved = outputs()[1], copy.deepcopy(block.state_dict())
     batch = min(REFINE_BATCH, len(x))
     steps = epochs * (len(x) // batch)
     with torch.enable_grad():
@@ -480,8 +488,14 @@ def _refine(block, x, target, epochs: int, lr: float, gen, chunk: int) -> None:
                 loss.backward()
                 opt.step()
                 schedule.step()
-    if not error() < before:
-        block.load_state_dict(saved)
+    try:
+        out, after = outputs()
+    except UserError:  # outputs beyond float16's range (`_half`): the step diverged
+        out, after = None, math.inf
+    if after < before:
+        return out
+    block.load_state_dict(saved)
+    return _chunked(block, x, chunk)
 
 
 SELECTION_IMAGES = 512  # obs: the consumer statistics of this many images choose the channels; more only refine the fit

@@ -299,7 +299,8 @@ def test_refinement_leaves_the_pruned_network_closer(tiny_model, data_dirs):
 
 
 def test_a_refinement_that_makes_a_block_worse_is_undone(tiny_model, data_dirs):
-    """A step size far too large wrecks the block on these images: the block keeps its closed-form weights."""
+    """A step size far too large wrecks the block on these images (at 1e6, past float16's range): the block keeps
+    its closed-form weights and outputs."""
     from compress import reconstruct
 
     block = copy.deepcopy(reconstruct.blocks(tiny_model)[1]).eval()
@@ -309,6 +310,8 @@ def test_a_refinement_that_makes_a_block_worse_is_undone(tiny_model, data_dirs):
         target = block(x.float()).half()
     reconstruct._refine(block, x, target, 2, 10.0, torch.Generator().manual_seed(0), 16)
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+    out = reconstruct._refine(block, x, target, 2, 1e6, torch.Generator().manual_seed(0), 16)  # beyond float16
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items()) and torch.equal(out, target)
     reconstruct._refine(block, x, (target.float() * 1.1).half(), 2, 1e-3, torch.Generator().manual_seed(0), 16)
     assert not all(torch.equal(before[k], v) for k, v in block.state_dict().items())  # a useful step is kept
 
