@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-from reconstruction_images import REF, ROOT, logits, reference_model
+from reconstruction_images import REF, ROOT, logits, reference_model, scores
 
 
 def main() -> None:
@@ -27,11 +26,9 @@ def main() -> None:
     for path in sys.argv[1:]:
         record = prune.load_record(path)
         out = logits(prune.from_record(record, path), evaluation, pre)
-        top1, fp32 = out.argmax(1), base.argmax(1)
         print(json.dumps({"model": path, "steps": record["facts"].get("steps"),
-                          "top1": float((top1 == evaluation.labels).mean()),
-                          "agreement": float((top1 == fp32).mean()), "flips": int((top1 != fp32).sum()),
-                          "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}), flush=True)
+                          **scores(out, base, evaluation.labels),
+                          "flips": int((out.argmax(1) != base.argmax(1)).sum())}), flush=True)
 
 
 if __name__ == "__main__":

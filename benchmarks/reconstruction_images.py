@@ -28,6 +28,13 @@ def logits(net, images, pre) -> np.ndarray:
         return torch.cat([net.eval()(torch.from_numpy(x)) for x, _ in images.batches(pre, 50)]).numpy()
 
 
+def scores(out: np.ndarray, base: np.ndarray, labels: np.ndarray) -> dict:
+    """Top-1, agreement with FP32's top-1 and the RMS logit difference from FP32's (`base`)."""
+    top1 = out.argmax(1)
+    return {"top1": float((top1 == labels).mean()), "agreement": float((top1 == base.argmax(1)).mean()),
+            "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}
+
+
 def reference_model() -> str:
     """The reference checkpoint's path (fetched and converted by get_resnet50.py on first use)."""
     return subprocess.run([sys.executable, str(REF / "get_resnet50.py")], capture_output=True, text=True,
@@ -55,13 +62,9 @@ def main() -> None:
         started = time.perf_counter()
         net, _ = reconstruct.reconstruct(teacher, calib.sample(n), pre, ratio, damp=damp, progress=False)
         seconds = time.perf_counter() - started
-        out = logits(net, evaluation, pre)
-        top1 = out.argmax(1)
         print(json.dumps({"images": n, "mac_reduction": ratio, "damp": damp, "relu_rounds": rounds,
-                          "seconds": round(seconds),
-                          "top1": float((top1 == evaluation.labels).mean()),
-                          "agreement": float((top1 == base.argmax(1)).mean()),
-                          "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}), flush=True)
+                          "seconds": round(seconds), **scores(logits(net, evaluation, pre), base, evaluation.labels)}),
+              flush=True)
 
 
 if __name__ == "__main__":

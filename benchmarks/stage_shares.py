@@ -12,8 +12,7 @@ import json
 import sys
 import time
 
-import numpy as np
-from reconstruction_images import REF, ROOT, logits, reference_model
+from reconstruction_images import REF, ROOT, logits, reference_model, scores
 
 
 def main() -> None:
@@ -38,14 +37,10 @@ def main() -> None:
         started = time.perf_counter()
         net, facts = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), progress=False)
         seconds = time.perf_counter() - started
-        out = logits(net, evaluation, pre)
-        top1 = out.argmax(1)
         print(json.dumps({"images": int(n), "mac_reduction": float(ratio), "stage_shares": shares,
                           "macs": round(reconstruct.macs(net, pre.crop) / full, 4),
                           "inner_channels": facts["inner_channels"], "seconds": round(seconds),
-                          "top1": float((top1 == evaluation.labels).mean()),
-                          "agreement": float((top1 == base.argmax(1)).mean()),
-                          "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}), flush=True)
+                          **scores(logits(net, evaluation, pre), base, evaluation.labels)}), flush=True)
 
 
 if __name__ == "__main__":
