@@ -157,7 +157,7 @@ class Pipeline:
             from compress import export, prune
 
             started = time.perf_counter()
-            net, facts, steps = self.pruned(v, work / "pruned.pt")
+            net, facts, steps = self.pruned(v, work / "pruned.pt", started + 60 * p.recovery_minutes)
             epochs = self.distill_epochs(v, net, work / "plan.json", time.perf_counter() - started)
             if epochs:
                 from compress import distill
@@ -181,8 +181,9 @@ class Pipeline:
 
             shutil.rmtree(work, ignore_errors=True)
 
-    def pruned(self, v: Variant, keep: Path) -> tuple:
-        """The pruned model before distillation, with what was done: from `keep` when a killed run left it."""
+    def pruned(self, v: Variant, keep: Path, deadline: float) -> tuple:
+        """The pruned model before distillation, with what was done: from `keep` when a killed run left it. The
+        reconstruction refines its blocks for as long as it can and still end by `deadline` (`time.perf_counter`)."""
         import copy
 
         from compress import prune
@@ -208,7 +209,7 @@ class Pipeline:
                 net, facts = reconstruct.reconstruct(
                     teacher, subset, self.pre, v.prune_ratio, p.round_to,
                     allocation=p.allocation, sensitivity_images=SENSITIVITY_IMAGES,
-                    selection=p.selection, refine_epochs=p.refine_epochs)
+                    selection=p.selection, refine_epochs=p.refine_epochs, seconds=deadline - started)
             facts.update(prune.count(net, self.pre.crop))
             steps.append({"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)})
         else:
@@ -240,11 +241,14 @@ class Pipeline:
         recorded = (_read_record(plan) or {}).get("epochs")
         if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
             return recorded
+        left = 60 * p.recovery_minutes - spent
+        if left <= 0:  # the reconstruction's refinement took the budget
+            write_json(plan, {"epochs": 0, "left_seconds": round(left)})
+            return 0
         from compress import distill
 
         images = self.recovery_images
         per_image = distill.seconds_per_image(net, self.torch_model(), images, self.pre, p.distill_spec(1))
-        left = 60 * p.recovery_minutes - spent
         epochs = max(0, min(distill.MAX_AUTO_EPOCHS, int(left / (per_image * len(images)))))
         log(f"{v.name}: distillation at {per_image * 1000:.0f} ms per image here; {left / 60:.1f} of "
             f"{p.recovery_minutes:g} recovery minutes left: {epochs} epochs")

@@ -49,7 +49,8 @@ S24_IMAGES = 256  # images whose Gram matrices choose and update s24's weights (
 class PruneSpec:
     """pNN removes NN% of the FP32 model's MACs. `method` reconstruct: inner bottleneck channels, re-fitted to
     the FP32 activations on `reconstruction_images` unlabelled images; l1/l2/taylor: Torch-Pruning's criteria
-    over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`). Then distillation from
+    over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`). The reconstruction refines
+    each block for as many passes as fit in `recovery_minutes` (at most `refine_epochs`). Then distillation from
     FP32 on unlabelled images: `distill_epochs`, or (None) as many epochs as fit in what is left of
     `recovery_minutes` per variant once the rest of the recovery is done."""
 
@@ -57,7 +58,7 @@ class PruneSpec:
     reconstruction_images: int = 1000
     allocation: str = "stages"  # reconstruct: where the channels go (`reconstruct.reconstruct`)
     selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
-    refine_epochs: int = 2  # reconstruct: Adam passes per block after its closed-form fit (`reconstruct._refine`)
+    refine_epochs: int = 6  # reconstruct: at most this many Adam passes a block after its fit, as fit (`_Schedule`)
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True

@@ -23,8 +23,11 @@ output (`_refine`), which the closed-form fits cannot do: move conv1 and conv2 o
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
+import time
+from collections.abc import Callable
 
 from compress.errors import UserError, require
 
@@ -325,9 +328,11 @@ def _rows(y):
 def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int = 8, damp: float = 1e-3,
                 positions: int = 512, chunk: int = 16, progress: bool = True,
                 allocation: str = "stages", sensitivity_images: int = 64,
-                selection: str = "obs", refine_epochs: int = 0) -> tuple[object, dict]:
+                selection: str = "obs", refine_epochs: int = 0,
+                seconds: float | None = None) -> tuple[object, dict]:
     """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
-    block re-fitted on `images` (unlabelled), then refined by `refine_epochs` of Adam (`_refine`).
+    block re-fitted on `images` (unlabelled), then refined by `refine_epochs` of Adam (`_refine`); with `seconds`,
+    by as many of them as fit in what is left (`_Schedule`): the whole reconstruction ends within it.
     `allocation`: "stages", the same share of every block's channels but less in the last stage
     (`stage_shares`); "uniform", the same in every block; "sensitivity", per-block shares from each block's
     measured sensitivity on `sensitivity_images` (`sensitivities`, `allocate`). Returns the model and what was
@@ -336,6 +341,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     F = torch.nn.functional
     from tqdm import tqdm
 
+    started = time.perf_counter()
     teacher = teacher.eval()
     crop = preprocess.crop
     if allocation not in ALLOCATIONS:
@@ -350,18 +356,23 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         counts = allocate(teacher, crop, mac_reduction, sens, 0.5, round_to)
     student = copy.deepcopy(teacher)
     gen = torch.Generator().manual_seed(0)
+    schedule = _Schedule(refine_epochs, None if seconds is None or not refine_epochs else
+                         _pass_seconds(teacher, counts, crop, len(images)), seconds, started)
     with torch.no_grad():
         x = torch.from_numpy(preprocess.normalize(images.pixels))
         x_fp = _stem(teacher, x, chunk)
         x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
-        for tb, sb, (k1, k2) in bar:
+        for i, (tb, sb, (k1, k2)) in enumerate(bar):
+            schedule.begin()
             x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection,
-                                refine_epochs)
+                                functools.partial(schedule.passes, i))
+            schedule.end()
+            bar.set_postfix(passes=schedule.given[-1])
     facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
              "inner_channels": counts, "allocation": allocation,
-             "selection": selection, "refine_epochs": refine_epochs}
+             "selection": selection, "refine_epochs": refine_epochs, "refine_passes": schedule.given}
     if sens is None:
         facts["inner_fraction"] = round(fraction, 4)
         if shares is not None:
@@ -371,7 +382,10 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     return student.eval(), facts
 
 
-def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection="obs", refine: int = 0):
+def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection="obs",
+           refine: Callable[[], int] = lambda: 0):
+    """Block `sb` of the student pruned to (k1, k2) inner channels and re-fitted to `tb`'s output, then refined by
+    `refine()` passes (asked once the fit is done); returns the FP32 and the pruned network's next inputs."""
     torch = require("torch")
     (w1, b1), (w2, b2), (w3, b3) = _fold(tb.conv1, tb.bn1), _fold(tb.conv2, tb.bn2), _fold(tb.conv3, tb.bn3)
     ds = tb.downsample
@@ -400,9 +414,7 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
         keep1, keep2 = _choose(fp, fp_in, len(x_fp), w2, w3, k1, k2, tb.conv2, damp, positions, chunk, gen,
                                selection)
 
-    conv1 = torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False)
-    conv2 = torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False)
-    conv3 = torch.nn.Conv2d(k2, tb.conv3.out_channels, 1, bias=False)
+    conv1, conv2, conv3 = _convs(tb, k1, k2)
 
     def fit(conv, inputs, target, offset=None) -> tuple:
         """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target) (`_relu_fit`): the branch is
@@ -443,11 +455,20 @@ def _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", _identity_bn(bias))
-    if refine:
-        nxt_pr = _refine(sb, x_pr, nxt_fp, refine, REFINE_LR / 10 if whole else REFINE_LR, gen, chunk)
+    passes = refine()
+    if passes:
+        nxt_pr = _refine(sb, x_pr, nxt_fp, passes, REFINE_LR / 10 if whole else REFINE_LR, gen, chunk)
     else:
         nxt_pr = _gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
     return nxt_fp, nxt_pr
+
+
+def _convs(tb, k1: int, k2: int) -> tuple:
+    """conv1, conv2 and conv3 of block `tb` with (k1, k2) inner channels, without bias (BatchNorm adds it)."""
+    torch = require("torch")
+    return (torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False),
+            torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False),
+            torch.nn.Conv2d(k2, tb.conv3.out_channels, 1, bias=False))
 
 
 REFINE_LR = 1e-3  # Adam; a block left whole moves at a tenth (its fit is already close: at 1e-3 layer4 diverged)
@@ -496,6 +517,71 @@ def _refine(block, x, target, epochs: int, lr: float, gen, chunk: int):
         return out
     block.load_state_dict(saved)
     return _chunked(block, x, chunk)
+
+
+class _Schedule:
+    """How many refinement passes each block gets, at most `most`: with a time limit (`seconds` from `started`),
+    as many as fit in what is left once the later blocks' fits (as long as the fits so far, on average) and as
+    many passes of theirs are counted. A pass's cost is `costs` (`_pass_seconds`, one per block) scaled by what the
+    refined blocks actually took, so a probe that misjudges this machine is corrected as the blocks go."""
+
+    def __init__(self, most: int, costs: list[float] | None = None, seconds: float | None = None,
+                 started: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+        self.most, self.costs, self.clock = most, costs, clock
+        self.deadline = None if seconds is None or costs is None else started + seconds
+        self.fits: list[float] = []
+        self.given: list[int] = []
+        self.taken, self.expected = 0.0, 0.0
+
+    def begin(self) -> None:
+        self.t0 = self.clock()
+
+    def passes(self, i: int) -> int:
+        now = self.clock()
+        self.fits.append(now - self.t0)
+        n = self.most
+        if self.deadline is not None and self.costs is not None:
+            later_fits = sum(self.fits) / len(self.fits) * (len(self.costs) - i - 1)
+            scale = self.taken / self.expected if self.expected else 1.0
+            # n + 1 passes' time a block: the refinement runs the block over the images twice more to measure it
+            n = min(n, int((self.deadline - now - later_fits) / (scale * sum(self.costs[i:]))) - 1)
+        self.i, self.t1 = i, now
+        self.given.append(max(n, 0))
+        return self.given[-1]
+
+    def end(self) -> None:
+        n = self.given[-1]
+        if n and self.deadline is not None and self.costs is not None:
+            self.taken += self.clock() - self.t1
+            self.expected += (n + 1) * self.costs[self.i]
+
+
+def _pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int) -> list[float]:
+    """Seconds one refinement pass over `n` images takes for each block once pruned to `counts`, from one timed
+    Adam step on random inputs of its shape (after one untimed)."""
+    torch = require("torch")
+    shapes: dict = {}
+    bs = blocks(teacher)
+    hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
+    with torch.no_grad():
+        teacher.eval()(torch.zeros(1, 3, crop, crop))
+    for h in hooks:
+        h.remove()
+    batch, costs = REFINE_BATCH, []
+    for b, (k1, k2) in zip(bs, counts):
+        block = copy.deepcopy(b).eval()  # as `_refine` trains it: BatchNorm folded, its statistics fixed
+        block.conv1, block.conv2, block.conv3 = _convs(b, k1, k2)
+        block.bn1, block.bn2 = _identity_bn(torch.zeros(k1)), _identity_bn(torch.zeros(k2))
+        opt = torch.optim.Adam(block.parameters())
+        x = torch.randn(batch, *shapes[b])
+        with torch.enable_grad():
+            for _ in range(2):
+                t = time.perf_counter()
+                block(x).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        costs.append((time.perf_counter() - t) * (n // batch))
+    return costs
 
 
 SELECTION_IMAGES = 512  # obs: the consumer statistics of this many images choose the channels; more only refine the fit
