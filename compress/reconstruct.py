@@ -23,7 +23,6 @@ output (`_refine`), which the closed-form fits cannot do: move conv1 and conv2 o
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import sys
 import time
@@ -364,10 +363,10 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
         pairs = list(zip(blocks(teacher), blocks(student), counts))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
-        for i, (tb, sb, (k1, k2)) in enumerate(bar):
+        for tb, sb, (k1, k2) in bar:
             schedule.begin()
             x_fp, x_pr = _block(tb, sb, k1, k2, x_fp, x_pr, damp, positions, chunk, gen, F, selection,
-                                functools.partial(schedule.passes, i))
+                                schedule.passes)
             schedule.end()
             bar.set_postfix(passes=schedule.given[-1])
     facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
@@ -527,7 +526,7 @@ class _Schedule:
 
     def __init__(self, most: int, costs: list[float] | None = None, seconds: float | None = None,
                  started: float = 0.0, clock: Callable[[], float] = time.perf_counter):
-        self.most, self.costs, self.clock = most, costs, clock
+        self.most, self.costs, self.clock = most, costs or [], clock
         self.deadline = None if seconds is None or costs is None else started + seconds
         self.fits: list[float] = []
         self.given: list[int] = []
@@ -536,24 +535,25 @@ class _Schedule:
     def begin(self) -> None:
         self.t0 = self.clock()
 
-    def passes(self, i: int) -> int:
-        now = self.clock()
+    def passes(self) -> int:
+        """The next block's passes, asked once its fit is done."""
+        now, i = self.clock(), len(self.given)
         self.fits.append(now - self.t0)
         n = self.most
-        if self.deadline is not None and self.costs is not None:
+        if self.deadline is not None:
             later_fits = sum(self.fits) / len(self.fits) * (len(self.costs) - i - 1)
             scale = self.taken / self.expected if self.expected else 1.0
             # n + 1 passes' time a block: the refinement runs the block over the images twice more to measure it
             n = min(n, int((self.deadline - now - later_fits) / (scale * sum(self.costs[i:]))) - 1)
-        self.i, self.t1 = i, now
+        self.t1 = now
         self.given.append(max(n, 0))
         return self.given[-1]
 
     def end(self) -> None:
         n = self.given[-1]
-        if n and self.deadline is not None and self.costs is not None:
+        if n and self.deadline is not None:
             self.taken += self.clock() - self.t1
-            self.expected += (n + 1) * self.costs[self.i]
+            self.expected += (n + 1) * self.costs[len(self.given) - 1]
 
 
 def _pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int) -> list[float]:

@@ -332,10 +332,10 @@ def test_the_refinement_schedule_ends_within_its_time_when_the_probe_misjudges_t
     deadline = 2000.0
     now = [0.0]
     sched = reconstruct._Schedule(8, costs, deadline, 0.0, clock=lambda: now[0])
-    for i, cost in enumerate(costs):
+    for cost in costs:
         sched.begin()
         now[0] += 5.0  # the fit
-        n = sched.passes(i)
+        n = sched.passes()
         if n:
             now[0] += (n + 1) * cost * slower
         sched.end()
@@ -344,7 +344,7 @@ def test_the_refinement_schedule_ends_within_its_time_when_the_probe_misjudges_t
     assert sum(sched.given) >= {0.5: 120, 1.0: 85, 3.0: 16}[slower]  # simulated: 125, 92, 21
     free = reconstruct._Schedule(8)
     free.begin()
-    assert free.passes(0) == 8 and free.given == [8]
+    assert free.passes() == 8 and free.given == [8]
 
 
 def test_a_refinement_that_makes_a_block_worse_is_undone(tiny_model, data_dirs):
