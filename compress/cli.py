@@ -120,9 +120,9 @@ def parser() -> argparse.ArgumentParser:
                     help="unlabelled images the reconstruction fits on (default 1000: about 15 minutes of "
                     "closed-form fits for ResNet-50 at p30 on 2 CPU cores, then the refinement; fewer is faster "
                     "and less accurate)")
-    pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=6, metavar="N",
+    pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=8, metavar="N",
                     help="reconstruct: at most N passes of Adam over the images per block after its closed-form fit, "
-                    "toward the FP32 block's output: as many as fit in --recovery-minutes (default 6, 4-6 "
+                    "toward the FP32 block's output: as many as fit in --recovery-minutes (default 8, 4-6 "
                     "minutes each for ResNet-50 on 2 CPU cores; 0: closed form only)")
     pr.add_argument("--allocation", default="stages", choices=["stages", "uniform", "sensitivity"],
                     help="reconstruct: stages, the same share of every block's inner channels but none of the "
@@ -138,8 +138,8 @@ def parser() -> argparse.ArgumentParser:
                     help="skip re-estimating BatchNorm statistics after l1/l2/taylor pruning")
     pr.add_argument("--recovery-minutes", type=_finite, default=45.0, metavar="M",
                     help="time for each pruned variant's recovery on this machine (default 45): the "
-                    "reconstruction refines its blocks for as many passes as fit, what it leaves goes to "
-                    "distillation epochs")
+                    "reconstruction refines its blocks for as many passes as fit; once every block has all its "
+                    "passes, what is left goes to distillation epochs")
     pr.add_argument("--distill-epochs", type=_count, metavar="N",
                     help="epochs of distillation from FP32 on unlabelled images (default: as many as fit in "
                     "--recovery-minutes; 0: none)")

@@ -158,7 +158,7 @@ class Pipeline:
 
             started = time.perf_counter()
             net, facts, steps = self.pruned(v, work / "pruned.pt", started + 60 * p.recovery_minutes)
-            epochs = self.distill_epochs(v, net, work / "plan.json", time.perf_counter() - started)
+            epochs = self.distill_epochs(v, net, facts, work / "plan.json", time.perf_counter() - started)
             if epochs:
                 from compress import distill
 
@@ -232,9 +232,11 @@ class Pipeline:
         prune.save(net, keep, self.spec.arch, {"pruning": facts, "steps": steps})
         return net, facts, steps
 
-    def distill_epochs(self, v: Variant, net, plan: Path, spent: float) -> int:
+    def distill_epochs(self, v: Variant, net, facts: dict, plan: Path, spent: float) -> int:
         """--distill-epochs, or as many epochs as fit in what the recovery budget leaves, measured here once (a
-        resumed run keeps the first plan)."""
+        resumed run keeps the first plan). None when the budget cut the reconstruction's refinement short: more
+        passes of it serve agreement with FP32 better than distillation, which on a refined ResNet-50 p30 took
+        agreement down (benchmarks/results/prune-distill.md)."""
         p = self.spec.prune
         if p.distill_epochs is not None:
             return p.distill_epochs
@@ -242,8 +244,9 @@ class Pipeline:
         if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
             return recorded
         left = 60 * p.recovery_minutes - spent
-        if left <= 0:  # the reconstruction's refinement took the budget
-            write_json(plan, {"epochs": 0, "left_seconds": round(left)})
+        passes = facts.get("refine_passes") or []
+        if left <= 0 or any(n < facts.get("refine_epochs", 0) for n in passes):
+            write_json(plan, {"epochs": 0, "left_seconds": round(left), "refine_passes": passes})
             return 0
         from compress import distill
 

@@ -52,13 +52,13 @@ class PruneSpec:
     over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`). The reconstruction refines
     each block for as many passes as fit in `recovery_minutes` (at most `refine_epochs`). Then distillation from
     FP32 on unlabelled images: `distill_epochs`, or (None) as many epochs as fit in what is left of
-    `recovery_minutes` per variant once the rest of the recovery is done."""
+    `recovery_minutes` per variant once every block has had all its passes (none if the budget cut them short)."""
 
     method: str = "reconstruct"
     reconstruction_images: int = 1000
     allocation: str = "stages"  # reconstruct: where the channels go (`reconstruct.reconstruct`)
     selection: str = "obs"  # reconstruct: which channels stay (greedy on the re-fit's error, or activation energy)
-    refine_epochs: int = 6  # reconstruct: at most this many Adam passes a block after its fit, as fit (`_Schedule`)
+    refine_epochs: int = 8  # reconstruct: at most this many Adam passes a block after its fit, as fit (`_Schedule`)
     round_to: int = 8
     global_pruning: bool = False
     bn_recalibration: bool = True

@@ -347,6 +347,23 @@ def test_the_refinement_schedule_ends_within_its_time_when_the_probe_misjudges_t
     assert free.passes() == 8 and free.given == [8]
 
 
+def test_distillation_waits_for_a_refinement_the_budget_cut_short(tmp_path):
+    """Time is left but a block got fewer passes than asked: the budget goes to no distillation (the refinement
+    serves agreement better), and the plan says why, so a resumed run keeps it."""
+    from types import SimpleNamespace
+
+    from compress.pipeline import Pipeline
+    from compress.recipe import PruneSpec
+
+    owner = SimpleNamespace(spec=SimpleNamespace(prune=PruneSpec()))
+    plan = tmp_path / "plan.json"
+    facts = {"refine_epochs": 8, "refine_passes": [5, 8, 8]}
+    assert Pipeline.distill_epochs(owner, None, None, facts, plan, spent=60.0) == 0
+    assert json.loads(plan.read_text()) == {"epochs": 0, "left_seconds": 60 * 45 - 60, "refine_passes": [5, 8, 8]}
+    asked = SimpleNamespace(spec=SimpleNamespace(prune=PruneSpec(distill_epochs=3)))
+    assert Pipeline.distill_epochs(asked, None, None, facts, tmp_path / "other.json", spent=60.0) == 3
+
+
 def test_a_refinement_that_makes_a_block_worse_is_undone(tiny_model, data_dirs):
     """A step size far too large wrecks the block on these images (at 1e6, past float16's range): the block keeps
     its closed-form weights and outputs."""
