@@ -4,8 +4,8 @@ against FP32 in its own run (runs are minutes to hours apart; a ratio within one
     python benchmarks/prune_front.py
 
 Reads the committed reports in benchmarks/results (prune-reconstruct, prune-l1-bn, prune-distill, drop-d5 and,
-when present, prune-p20, prune-p50, prune-obs, prune-1000, prune-relu, prune-stages, prune-refine, prune-refine6
-and prune-budget); writes
+when present, prune-p20, prune-p50, prune-obs, prune-1000, prune-relu, prune-stages, prune-refine, prune-refine6,
+prune-budget and prune-budget8); writes
 benchmarks/results/prune-front.{md,png}.
 """
 
@@ -31,6 +31,7 @@ SOURCES = {
     "prune-refine.json": "reconstruction (1,000, obs, ReLU, last stage whole, refined) + distillation",
     "prune-refine6.json": "reconstruction (1,000, obs, ReLU, last stage whole, 6 refinement passes)",
     "prune-budget.json": "reconstruction (1,000, obs, ReLU, last stage whole, refined for the 45-minute budget)",
+    "prune-budget8.json": "reconstruction (1,000, obs, ReLU, last stage whole, the whole 45-minute budget refined)",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
@@ -41,6 +42,7 @@ PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning"
          "prune-refine": "prune-distill.md#the-default-since-each-block-refined-by-adam-after-its-fit",
          "prune-refine6": "prune-distill.md#the-default-since-the-refinement-takes-the-recovery-budget",
          "prune-budget": "prune-distill.md#the-default-since-the-refinement-takes-the-recovery-budget",
+         "prune-budget8": "prune-distill.md#the-default-since-the-refinement-takes-the-whole-budget",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
@@ -93,7 +95,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan", "tab:olive",
-               "tab:pink", "tab:gray", "black"]
+               "tab:pink", "tab:gray", "black", "gold"]
     colors = dict(zip(dict.fromkeys(SOURCES.values()), palette))
     seen = set()
     for r in rows:
