@@ -33,7 +33,7 @@ def main() -> None:
     from calibration.images import Preprocess
     from compress import backends, measure
     from compress.backends import onnxruntime as ort
-    from compress.quantize import quantize, this_cpu_class
+    from compress.quantize import BIAS_CORRECTION_IMAGES, quantize, this_cpu_class
 
     pre = Preprocess()
     work = ROOT / "runs" / "int8-cpu-classes"
@@ -41,11 +41,15 @@ def main() -> None:
     calib = calibration.load(REF / "imagenet-calib", pre, 512, work)
     stats = ranges.collect(fp32, calib, pre, tensors)
     files = {"fp32": (fp32, "FP32", None)}
-    for cpu, method in (("vnni", "percentile"), ("avx2", "percentile"), ("avx2", "minmax")):
-        name = f"int8-cpu {cpu} {method}"
-        path = work / f"int8-cpu-{cpu}-{method}.onnx"
-        info = quantize(fp32, path, calib, pre, "int8-cpu", method, statistics=stats, cpu=cpu)
-        files[name] = (path, f"{info['weight_bits']}-bit weights, {method} on {len(calib)} images", cpu)
+    for cpu, method, correction in (("vnni", "percentile", 0), ("vnni", "percentile", BIAS_CORRECTION_IMAGES),
+                                    ("avx2", "percentile", 0), ("avx2", "percentile", BIAS_CORRECTION_IMAGES),
+                                    ("avx2", "minmax", 0)):
+        name = f"int8-cpu {cpu} {method}" + (" bias-corrected" if correction else "")
+        path = work / f"{name.replace(' ', '-')}.onnx"
+        info = quantize(fp32, path, calib, pre, "int8-cpu", method, statistics=stats, cpu=cpu,
+                        bias_correction=correction)
+        files[name] = (path, f"{info['weight_bits']}-bit weights, {method} on {len(calib)} images"
+                       + (f", biases corrected on {correction}" if correction else ""), cpu)
     rows = []
     for name, (path, what, cpu) in files.items():
         pred = measure.top5(ort.logits(path, evaluation, pre, as_written=False))

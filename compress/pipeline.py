@@ -302,6 +302,7 @@ class Pipeline:
             from compress.quantize import FLOAT_OUTPUT
 
             key["cpu_class"], key["float_output"] = self.cpu_class, list(FLOAT_OUTPUT)
+            key["int32_bias_correction"] = True  # files made before the correction reached int8-cpu are redone
 
         def build(d: Path) -> dict:
             facts = quantize(self.run_dir.onnx(parent), d / "model.onnx", self.calib, self.pre, v.precision,

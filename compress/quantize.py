@@ -16,6 +16,9 @@ Two formats, each for the runtime that will execute it:
   VNNI (`avx2`) onnxruntime's fast u8s8 kernels add pairs of u8 x s8 products in 16 bits, which saturates
   (255 x 127 x 2 > 32767); there the weights get 7 bits (`reduce_range`, onnxruntime's documented remedy), which
   cannot saturate and keeps those kernels. VNNI CPUs (and non-x86 ones) sum in 32 bits: full 8-bit weights.
+
+Both formats get a bias correction (`correct_biases`): the mean error rounding puts on each layer's output is
+added back to its bias, free at run time (on the 7-bit file: 96.8% -> 97.4% agreement with FP32).
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
     quantizer reads them as a calibration cache). Without them (or for entropy, or study options), onnxruntime
     calibrates on its own.
 
-    `bias_correction`: how many of the calibration images measure the bias correction of the TensorRT format
-    (0: none); see `correct_biases`. `cpu`: the CPU class an int8-cpu file is made for (`cpu_class`).
+    `bias_correction`: how many of the calibration images measure the bias correction (0: none); see
+    `correct_biases`. `cpu`: the CPU class an int8-cpu file is made for (`cpu_class`).
     """
     q = require("onnxruntime.quantization")
     from calibration.reader import CalibrationReader
@@ -170,7 +173,7 @@ def quantize(fp32_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]
             if spec.target == "tensorrt" and residual_adds == "fused":
                 fuse_residual_adds(proto)
             corrected = None
-            if spec.target == "tensorrt" and bias_correction:
+            if bias_correction:
                 corrected = correct_biases(proto, onnx.load(str(fp32_onnx)), images.head(bias_correction),
                                            preprocess)
             if spec.target == "tensorrt":
@@ -240,13 +243,15 @@ def fuse_residual_adds(proto) -> int:
 
 
 def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
-    """Bias correction, in place: add to each INT8 Conv/Gemm's float bias the mean error INT8 puts on its output
-    channels, measured on `images`. Returns how many layers were corrected and the mean shift.
+    """Bias correction, in place: add to each INT8 Conv/Gemm's bias the mean error INT8 puts on its output
+    channels, measured on `images`. Returns how many layers were corrected and the mean shift. A float bias
+    (TensorRT's format) takes the shift as it is; an int32 one (int8-cpu's, behind a DequantizeLinear) takes it in
+    units of its scale.
 
     The error of a layer is measured locally, against a float twin of the layer that reads the same activation
     before its QuantizeLinear (so upstream rounding is the same in both) with the FP32 weight; all twins run in
     one pass. Rounding and clipping are not zero-mean, and their mean passes through ReLU into every later
-    layer; correcting it is free at run time (TensorRT keeps biases in float) and it is what NNCF applies to CNNs
+    layer; correcting it is free at run time (a bias is added anyway) and it is what NNCF applies to CNNs
     by default (FastBiasCorrection). On the reference ResNet-50 it lowered the KL to FP32 by 15-19%.
     """
     import numpy as np
@@ -265,8 +270,12 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
     producer = {o: n for n in graph.node for o in n.output}
     have = set(inits)
     layers = []
+    biases = {}
     for node in list(graph.node):
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        bias = _bias(node.input[2], inits, producer)
+        if bias is None:
             continue
         source = behind_qdq(producer, node.input[0])
         twin_of = fp32_nodes.get(node.name)
@@ -276,12 +285,18 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
         if weight not in have:  # the FP32 weight under its own name; the INT8 file keeps only the quantized one
             graph.initializer.append(fp32_inits[weight])
             have.add(weight)
+        q = producer[producer[node.input[0]].input[0]]
+        if len(q.input) > 2 and q.input[2] in inits and inits[q.input[2]].data_type == onnx.TensorProto.UINT8:
+            # a uint8 QuantizeLinear clips at its zero point, and int8-cpu's stands in for the ReLU the quantizer
+            # folded into it: the twin reads what the INT8 layer reads, so only the weights' rounding is measured
+            source = node.input[0]
         twin = helper.make_node(node.op_type, [source, weight, node.input[2]], [node.output[0] + "/float"],
                                 name=node.name + "/float")
         twin.attribute.extend(node.attribute)
         graph.node.append(twin)
         graph.output.extend([onnx.ValueInfoProto(name=node.output[0]), onnx.ValueInfoProto(name=twin.output[0])])
         layers.append(node)
+        biases[node.name] = bias
     if not layers:
         return {"layers": 0, "images": 0, "mean_abs_shift": 0.0}
     names = [t for n in layers for t in (n.output[0], n.output[0] + "/float")]
@@ -305,10 +320,30 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
     shifts = []
     for node in layers:
         shift = (sums[node.output[0] + "/float"] - sums[node.output[0]]) / len(images)
-        bias = inits[node.input[2]]
-        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + shift.astype(np.float32), bias.name))
+        bias, scale = biases[node.name]
+        value = numpy_helper.to_array(bias)
+        if scale is None:
+            value = value + shift.astype(np.float32)
+        else:
+            step = np.rint(shift / numpy_helper.to_array(scale).astype(np.float64))
+            value = np.clip(value.astype(np.int64) + step, -2**31, 2**31 - 1).astype(np.int32)
+        bias.CopyFrom(numpy_helper.from_array(value, bias.name))
         shifts.append(float(np.abs(shift).mean()))
     return {"layers": len(layers), "images": len(images), "mean_abs_shift": round(float(np.mean(shifts)), 6)}
+
+
+def _bias(tensor: str, inits: dict, producer: dict) -> tuple | None:
+    """The initializer behind a Conv/Gemm bias input and, for an int32 bias behind a DequantizeLinear with zero
+    point 0 (as onnxruntime quantizes biases), its scale's initializer; None for any other bias."""
+    if tensor in inits:
+        return (inits[tensor], None) if inits[tensor].data_type == 1 else None  # float
+    dq = producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
+        return None
+    if inits[dq.input[0]].data_type != 6 or (len(dq.input) > 2 and dq.input[2] and (  # int32
+            dq.input[2] not in inits or require("onnx").numpy_helper.to_array(inits[dq.input[2]]).any())):
+        return None
+    return inits[dq.input[0]], inits[dq.input[1]]
 
 
 def tensorrt_problems(proto) -> list[str]:

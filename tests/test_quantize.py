@@ -176,6 +176,40 @@ def test_bias_correction_changes_only_float_biases_and_moves_int8_toward_fp32(ou
     assert compare(logits[corrected], reference)["kl"] < compare(logits[plain], reference)["kl"]
 
 
+@pytest.mark.parametrize("cpu", ["vnni", "avx2"])
+def test_bias_correction_of_int8_cpu_moves_only_its_int32_biases_toward_fp32(outlier_checkpoint, data_dirs, tmp_path,
+                                                                            cpu):
+    """int8-cpu keeps its biases in int32 behind a DequantizeLinear: the correction moves them in units of their
+    scale, and nothing else, and the file's outputs come closer to FP32 on images the correction never saw."""
+    from compress import export
+    from compress import model as models
+    from compress.sensitivity import compare
+
+    tiny_onnx = tmp_path / "fp32.onnx"
+    export.export(models.load("test-resnet", outlier_checkpoint), tiny_onnx, TINY.crop)
+    calib = images(data_dirs["calib"])
+    plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
+    quantize(tiny_onnx, plain, calib, TINY, "int8-cpu", "percentile", bias_correction=0, cpu=cpu)
+    info = quantize(tiny_onnx, corrected, calib, TINY, "int8-cpu", "percentile", bias_correction=48, cpu=cpu)
+    a, b = onnx.load(str(plain)), onnx.load(str(corrected))
+    layers = sum(n.op_type in ("Conv", "Gemm") for n in b.graph.node)
+    assert info["bias_correction"]["layers"] == layers > 10 and info["bias_correction"]["mean_abs_shift"] > 0
+    assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
+    before = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    producer = {o: n for n in b.graph.node for o in n.output}
+    int32_biases = {producer[n.input[2]].input[0] for n in b.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert changed and changed <= int32_biases and all(after[k].dtype == np.int32 for k in changed)
+
+    evaluation = images(data_dirs["eval"])
+    reference = ort.logits(tiny_onnx, evaluation, TINY, as_written=False)
+    logits = {p: ort.logits(p, evaluation, TINY, as_written=True) for p in (plain, corrected)}
+    mean_error = {p: np.abs((x - reference).mean(axis=0)).mean() for p, x in logits.items()}
+    assert mean_error[corrected] < mean_error[plain]  # measured 0.93-0.94x, KL 0.78-0.80x
+    assert compare(logits[corrected], reference)["kl"] < 0.9 * compare(logits[plain], reference)["kl"]
+
+
 # -- int8-cpu per CPU class ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("machine, flags, expected", [
     ("x86_64", ["avx2", "fma"], "avx2"),  # AMD EPYC Rome, Intel Haswell..Skylake client: u8s8 saturates
