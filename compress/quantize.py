@@ -249,10 +249,11 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
     units of its scale.
 
     The error of a layer is measured locally, against a float twin of the layer that reads the same activation
-    before its QuantizeLinear (so upstream rounding is the same in both) with the FP32 weight; all twins run in
-    one pass. Rounding and clipping are not zero-mean, and their mean passes through ReLU into every later
-    layer; correcting it is free at run time (a bias is added anyway) and it is what NNCF applies to CNNs
-    by default (FastBiasCorrection). On the reference ResNet-50 it lowered the KL to FP32 by 15-19%.
+    before its QuantizeLinear (so upstream rounding is the same in both; after it where the QuantizeLinear is
+    uint8, see below) with the FP32 weight; all twins run in one pass. Rounding and clipping are not
+    zero-mean, and their mean passes through ReLU into every later layer; correcting it is free at run time (a
+    bias is added anyway) and it is what NNCF applies to CNNs by default (FastBiasCorrection). On the reference
+    ResNet-50 it lowered the KL to FP32 by 15-19%.
     """
     import numpy as np
     from onnx import helper, numpy_helper
@@ -335,13 +336,14 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
 def _bias(tensor: str, inits: dict, producer: dict) -> tuple | None:
     """The initializer behind a Conv/Gemm bias input and, for an int32 bias behind a DequantizeLinear with zero
     point 0 (as onnxruntime quantizes biases), its scale's initializer; None for any other bias."""
+    onnx = require("onnx")
     if tensor in inits:
-        return (inits[tensor], None) if inits[tensor].data_type == 1 else None  # float
+        return (inits[tensor], None) if inits[tensor].data_type == onnx.TensorProto.FLOAT else None
     dq = producer.get(tensor)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
         return None
-    if inits[dq.input[0]].data_type != 6 or (len(dq.input) > 2 and dq.input[2] and (  # int32
-            dq.input[2] not in inits or require("onnx").numpy_helper.to_array(inits[dq.input[2]]).any())):
+    if inits[dq.input[0]].data_type != onnx.TensorProto.INT32 or (len(dq.input) > 2 and dq.input[2] and (
+            dq.input[2] not in inits or onnx.numpy_helper.to_array(inits[dq.input[2]]).any())):
         return None
     return inits[dq.input[0]], inits[dq.input[1]]
 
