@@ -270,8 +270,7 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
     graph = probe.graph
     producer = {o: n for n in graph.node for o in n.output}
     have = set(inits)
-    layers = []
-    biases = {}
+    layers = []  # (node, its bias initializer, the int32 bias's scale or None)
     for node in list(graph.node):
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
             continue
@@ -296,11 +295,10 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
         twin.attribute.extend(node.attribute)
         graph.node.append(twin)
         graph.output.extend([onnx.ValueInfoProto(name=node.output[0]), onnx.ValueInfoProto(name=twin.output[0])])
-        layers.append(node)
-        biases[node.name] = bias
+        layers.append((node, *bias))
     if not layers:
         return {"layers": 0, "images": 0, "mean_abs_shift": 0.0}
-    names = [t for n in layers for t in (n.output[0], n.output[0] + "/float")]
+    names = [t for n, _, _ in layers for t in (n.output[0], n.output[0] + "/float")]
     # Run 4 images at a time (memory holds their outputs of every layer and twin); per-image channel means are
     # summed 8 images at a time in float32, the arithmetic the published figures were measured with.
     sums: dict = dict.fromkeys(names, 0.0)
@@ -319,9 +317,8 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
             bar.update(len(batch))
         bar.close()
     shifts = []
-    for node in layers:
+    for node, bias, scale in layers:
         shift = (sums[node.output[0] + "/float"] - sums[node.output[0]]) / len(images)
-        bias, scale = biases[node.name]
         value = numpy_helper.to_array(bias)
         if scale is None:
             value = value + shift.astype(np.float32)
