@@ -7,20 +7,15 @@ beside each engine a JSON sidecar says what it is. An engine whose sidecar names
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from compress.bundle import engine_precisions, plans_for
 from compress.engine import BUILD_MAJORS, BuildPlan, Device, Profile, check_compatible, reusable, sidecar
-from compress.errors import UserError
+from compress.errors import UserError, log
 from compress.rundir import RunDir
 from compress.store import atomic_path, read_json, sha256_file, write_json
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def build(run_dir: str | Path, precisions: tuple[str, ...], max_batch: int = 32, workspace_mib: int | None = None,

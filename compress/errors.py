@@ -1,4 +1,4 @@
-"""Errors a user can fix, and lazy imports of optional heavy packages.
+"""What the user is told: errors they can fix, progress lines, and lazy imports of optional heavy packages.
 
 A `UserError` is printed by the CLI as one `error:` line with a hint and exit code 2; anything else is a bug
 and keeps its traceback.
@@ -7,7 +7,13 @@ and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
+
+
+def log(message: str) -> None:
+    """A progress line, on stderr so that stdout stays the command's result."""
+    print(message, file=sys.stderr, flush=True)
 
 
 class UserError(Exception):

@@ -21,16 +21,12 @@ import numpy as np
 
 import calibration
 from compress import __version__
-from compress.errors import UserError, require
+from compress.errors import UserError, log, require
 from compress.recipe import S24_IMAGES, SENSITIVITY_IMAGES, RunSpec
 from compress.rundir import Result, RunDir, Variant, parse_variant
 from compress.store import read_json, sha256_file, sha256_json, write_json
 
 BASELINE = "onnxruntime-cpu"  # the backend whose FP32 predictions every row's agreement is counted against
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path], dict]) -> tuple[dict, bool]:
