@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import calibration
-from compress import __version__
+from compress import __version__, reconstruct
 from compress.errors import UserError, log, require
 from compress.recipe import S24_IMAGES, SENSITIVITY_IMAGES, RunSpec
 from compress.rundir import Result, RunDir, Variant, parse_variant
@@ -145,7 +145,7 @@ class Pipeline:
         s, p = self.spec, self.spec.prune
         recovery = self.recovery_images
         key = {"fp32": self.digest("fp32"), "prune": v.prune, "options": p.__dict__,
-               "recovery_images": recovery.key, "compress": __version__}
+               "recovery_images": recovery.key, "compress": __version__, "revision": reconstruct.REVISION}
         # A killed recovery resumes: the pruned model before distillation and distillation's epochs are kept here
         work = self.run_dir.cache / f"recover-{v.name}-{sha256_json(key)[:16]}"
 
@@ -195,12 +195,11 @@ class Pipeline:
         p, teacher, recovery = self.spec.prune, self.torch_model(), self.recovery_images
         steps: list = []
         if v.dropped_blocks is not None or (v.prune_ratio is not None and p.method == "reconstruct"):
-            from compress import reconstruct
-
             subset = recovery.sample(p.reconstruction_images)
             started = time.perf_counter()
             if v.dropped_blocks is not None:
-                net, facts = reconstruct.drop(teacher, subset, self.pre, v.dropped_blocks)
+                net, facts = reconstruct.drop(teacher, subset, self.pre, v.dropped_blocks,
+                                              refine_epochs=p.refine_epochs, seconds=deadline - started)
             else:
                 net, facts = reconstruct.reconstruct(
                     teacher, subset, self.pre, v.prune_ratio, p.round_to,

@@ -30,6 +30,9 @@ from collections.abc import Callable
 
 from compress.errors import UserError, require
 
+REVISION = 2  # of what a recovery does with the same options: a saved pruned model from another one is redone
+# (2: dN's blocks are refined too)
+
 
 def blocks(model) -> list:
     from torchvision.models.resnet import Bottleneck
@@ -556,12 +559,12 @@ class _Schedule:
             self.expected += (n + 1) * self.costs[len(self.given) - 1]
 
 
-def _pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int) -> list[float]:
-    """Seconds one refinement pass over `n` images takes for each block once pruned to `counts`, from one timed
-    Adam step on random inputs of its shape (after one untimed)."""
+def _pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, bs: list | None = None) -> list[float]:
+    """Seconds one refinement pass over `n` images takes for each block (`bs`, by default all of them) once pruned
+    to `counts`, from one timed Adam step on random inputs of its shape (after one untimed)."""
     torch = require("torch")
     shapes: dict = {}
-    bs = blocks(teacher)
+    bs = blocks(teacher) if bs is None else bs
     hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
     with torch.no_grad():
         teacher.eval()(torch.zeros(1, 3, crop, crop))
@@ -646,13 +649,15 @@ def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) ->
 
 
 def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int = 512, chunk: int = 16,
-         progress: bool = True, sensitivity_images: int = 64, greedy: bool = True) -> tuple[object, dict]:
+         progress: bool = True, sensitivity_images: int = 64, greedy: bool = True, refine_epochs: int = 0,
+         seconds: float | None = None) -> tuple[object, dict]:
     """A copy of `teacher` without `n` identity-shortcut blocks, chosen greedily: each time the one whose drop moves
     the output least with those already chosen gone (`drop_sensitivities` on `sensitivity_images` of `images`;
     `greedy=False`: the n least sensitive alone, measured once).
     Then every block after the first one dropped is re-fitted on `images` as `reconstruct` does, at full width:
     from the dropped network's own inputs to the FP32 activations, so each block's conv3 makes up what the blocks
-    before it no longer add. Returns the model and what was done."""
+    before it no longer add; each then refined as `reconstruct` refines (`refine_epochs`, `seconds`). Returns the
+    model and what was done."""
     torch = require("torch")
     F = torch.nn.functional
     from torchvision.models.resnet import Bottleneck
@@ -660,6 +665,7 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
 
     from compress import prune
 
+    started = time.perf_counter()
     teacher = teacher.eval()
     candidates = droppable(teacher)
     if not 0 < n <= len(candidates):
@@ -674,6 +680,10 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
     student = copy.deepcopy(teacher)
     names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
     gen = torch.Generator().manual_seed(0)
+    refitted = [b for i, b in enumerate(blocks(teacher)) if i > gone[0] and i not in gone]
+    whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
+    schedule = _Schedule(refine_epochs, None if seconds is None or not refine_epochs else
+                         _pass_seconds(teacher, whole, preprocess.crop, len(images), refitted), seconds, started)
     with torch.no_grad():
         x_fp = _stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
         x_pr = x_fp
@@ -684,11 +694,15 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
                 x_fp = _chunked(tb, x_fp, chunk)
                 x_pr = x_pr if i in gone else x_fp
                 continue
+            schedule.begin()
             x_fp, x_pr = _block(tb, sb, tb.conv1.out_channels, tb.conv2.out_channels, x_fp, x_pr, damp, positions,
-                                chunk, gen, F)
+                                chunk, gen, F, refine=schedule.passes)
+            schedule.end()
+            bar.set_postfix(passes=schedule.given[-1])
     prune.drop_blocks(student, [names[i] for i in gone])
     facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
              "blocks_dropped": [names[i] for i in gone], "images": len(images),
+             "refine_epochs": refine_epochs, "refine_passes": schedule.given,
              "sensitivity": {"images": min(sensitivity_images, len(images)),
                              "kl": [{names[i]: round(k, 5) for i, k in step.items()} for step in chosen]}}
     return student.eval(), facts

@@ -1,0 +1,45 @@
+"""dN with the blocks after the first one dropped refined after their re-fit (`reconstruct.drop`, `refine_epochs`):
+N blocks dropped greedily, re-fitted on IMAGES calibration images (drawn as `compress run` draws them), then
+PASSES passes of Adam at step LR for these blocks (all of them whole; `compress run` moves whole blocks at
+`reconstruct.REFINE_LR / 10`, 1e-4). Evaluated with PyTorch on the CPU on the 1,000 reference evaluation images:
+top-1, agreement with the FP32 predictions, flips, logit RMSE, CPU seconds of the recovery.
+
+    python benchmarks/drop_refine.py N:IMAGES:PASSES:LR ...     e.g. 5:512:0:1e-4 5:512:2:1e-3 5:512:2:1e-4
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from reconstruction_images import REF, ROOT, logits, reference_model, scores
+
+
+def main() -> None:
+    import calibration
+    from calibration.images import Preprocess
+    from compress import model as models
+    from compress import reconstruct
+
+    pre = Preprocess()
+    cache = ROOT / "runs" / "reference" / "cache"
+    teacher = models.load("resnet50-v1", reference_model()).eval()
+    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
+    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    base = logits(teacher, evaluation, pre)
+    for spec in sys.argv[1:]:
+        n, images, passes, lr = spec.split(":")
+        reconstruct.REFINE_LR = 10 * float(lr)  # whole blocks move at a tenth of it
+        started = time.perf_counter()
+        net, facts = reconstruct.drop(teacher, calib.sample(int(images)), pre, int(n), refine_epochs=int(passes),
+                                      progress=False)
+        seconds = time.perf_counter() - started
+        out = logits(net, evaluation, pre)
+        print(json.dumps({"spec": spec, **scores(out, base, evaluation.labels),
+                          "flips": int((out.argmax(1) != base.argmax(1)).sum()), "seconds": round(seconds),
+                          "dropped": facts["blocks_dropped"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
