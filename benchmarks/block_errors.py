@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from reconstruction_images import REF, ROOT, reference_model
+from reconstruction_images import ROOT, reference_sets
 
 CACHE = ROOT / "runs" / "reference" / "cache" / "block-errors-layer3.pt"
 
@@ -23,18 +23,11 @@ CACHE = ROOT / "runs" / "reference" / "cache" / "block-errors-layer3.pt"
 def main() -> None:
     import torch
 
-    import calibration
-    from calibration.images import Preprocess
-    from compress import model as models
     from compress import prune, reconstruct
 
     F = torch.nn.functional
-    pre = Preprocess()
-    cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model()).eval()
+    teacher, pre, calib, evaluation = reference_sets()
     student = prune.from_record(prune.load_record(sys.argv[1]), sys.argv[1]).eval()
-    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
 
     def stem(net, x):
         return net.maxpool(net.relu(net.bn1(net.conv1(x))))

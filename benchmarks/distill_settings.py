@@ -14,20 +14,13 @@ import sys
 import time
 
 import numpy as np
-from reconstruction_images import REF, ROOT, logits, reference_model
+from reconstruction_images import logits, reference_sets
 
 
 def main() -> None:
-    import calibration
-    from calibration.images import Preprocess
     from compress import distill, reconstruct
-    from compress import model as models
 
-    pre = Preprocess()
-    cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model()).eval()
-    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    teacher, pre, calib, evaluation = reference_sets()
     base = logits(teacher, evaluation, pre)
     n, ratio = sys.argv[1].split(":")
     pruned, _ = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), progress=False)

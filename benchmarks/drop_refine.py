@@ -13,20 +13,13 @@ import json
 import sys
 import time
 
-from reconstruction_images import REF, ROOT, logits, reference_model, scores
+from reconstruction_images import logits, reference_sets, scores
 
 
 def main() -> None:
-    import calibration
-    from calibration.images import Preprocess
-    from compress import model as models
     from compress import reconstruct
 
-    pre = Preprocess()
-    cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model()).eval()
-    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    teacher, pre, calib, evaluation = reference_sets()
     base = logits(teacher, evaluation, pre)
     for spec in sys.argv[1:]:
         n, images, passes, lr = spec.split(":")

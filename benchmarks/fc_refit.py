@@ -11,22 +11,15 @@ import json
 import sys
 import time
 
-from reconstruction_images import REF, ROOT, reference_model
+from reconstruction_images import reference_sets
 
 
 def main() -> None:
     import torch
 
-    import calibration
-    from calibration.images import Preprocess
-    from compress import model as models
     from compress import prune
 
-    pre = Preprocess()
-    cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model()).eval()
-    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    teacher, pre, calib, evaluation = reference_sets()
     student = prune.from_record(prune.load_record(sys.argv[1]), sys.argv[1]).eval()
 
     def pooled(net, images, flip=False):

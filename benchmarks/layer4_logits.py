@@ -12,24 +12,17 @@ import json
 import sys
 import time
 
-from reconstruction_images import REF, ROOT, logits, reference_model, scores
+from reconstruction_images import logits, reference_sets, scores
 
 
 def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    import calibration
-    from calibration.images import Preprocess
-    from compress import model as models
     from compress import prune
 
     torch.manual_seed(0)
-    pre = Preprocess()
-    cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model()).eval()
-    calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
-    evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
+    teacher, pre, calib, evaluation = reference_sets()
     base = logits(teacher, evaluation, pre)
     student0 = prune.from_record(prune.load_record(sys.argv[1]), sys.argv[1]).eval()
     print(json.dumps({"training": "none", **scores(logits(student0, evaluation, pre), base, evaluation.labels)}),

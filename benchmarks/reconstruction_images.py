@@ -41,6 +41,20 @@ def reference_model() -> str:
                           check=True).stdout.strip().splitlines()[-1]
 
 
+def reference_sets() -> tuple:
+    """(FP32 reference model in eval mode, its preprocessing, the 1,000 calibration images, the 1,000 evaluation
+    images), the images cached under runs/reference/cache."""
+    import calibration
+    from calibration.images import Preprocess
+    from compress import model as models
+
+    pre = Preprocess()
+    cache = ROOT / "runs" / "reference" / "cache"
+    return (models.load("resnet50-v1", reference_model()).eval(), pre,
+            calibration.load(REF / "imagenet-calib", pre, None, cache),
+            calibration.load(REF / "imagenet-val", pre, None, cache))
+
+
 def main() -> None:
     import calibration
     from calibration.images import Preprocess
