@@ -4,14 +4,20 @@ removing what nobody reads."""
 from __future__ import annotations
 
 
-def behind_qdq(producer: dict, tensor: str) -> str | None:
-    """The float tensor that a QuantizeLinear -> DequantizeLinear pair turns into `tensor`, or None if `tensor`
+def quantize_of(producer: dict, tensor: str):
+    """The QuantizeLinear of the QuantizeLinear -> DequantizeLinear pair that writes `tensor`, or None if `tensor`
     is not the output of such a pair. `producer` maps tensor names to the nodes that write them."""
     dq = producer.get(tensor)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
     q = producer.get(dq.input[0])
-    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+    return q if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+def behind_qdq(producer: dict, tensor: str) -> str | None:
+    """The float tensor that a QuantizeLinear -> DequantizeLinear pair turns into `tensor` (`quantize_of`)."""
+    q = quantize_of(producer, tensor)
+    return None if q is None else q.input[0]
 
 
 def drop_dead(graph) -> None:

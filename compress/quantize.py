@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.errors import UserError, require
-from compress.graph import behind_qdq, drop_dead
+from compress.graph import behind_qdq, drop_dead, quantize_of
 
 METHODS = ("minmax", "entropy", "percentile")
 RESIDUAL_ADDS = ("fused", "both")  # Q/DQ placement on residual Adds for TensorRT; the first is the default
@@ -277,15 +277,15 @@ def correct_biases(proto, fp32_proto, images, preprocess) -> dict:
         bias = _bias(node.input[2], inits, producer)
         if bias is None:
             continue
-        source = behind_qdq(producer, node.input[0])
+        q = quantize_of(producer, node.input[0])
         twin_of = fp32_nodes.get(node.name)
-        if source is None or twin_of is None or twin_of.input[1] not in fp32_inits:
+        if q is None or twin_of is None or twin_of.input[1] not in fp32_inits:
             continue
+        source = q.input[0]
         weight = twin_of.input[1]
         if weight not in have:  # the FP32 weight under its own name; the INT8 file keeps only the quantized one
             graph.initializer.append(fp32_inits[weight])
             have.add(weight)
-        q = producer[producer[node.input[0]].input[0]]
         if len(q.input) > 2 and q.input[2] in inits and inits[q.input[2]].data_type == onnx.TensorProto.UINT8:
             # a uint8 QuantizeLinear clips at its zero point, and int8-cpu's stands in for the ReLU the quantizer
             # folded into it: the twin reads what the INT8 layer reads, so only the weights' rounding is measured
