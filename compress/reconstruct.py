@@ -680,17 +680,19 @@ def drop(teacher, images, preprocess, n: int, damp: float = 1e-3, positions: int
     student = copy.deepcopy(teacher)
     names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
     gen = torch.Generator().manual_seed(0)
-    refitted = [b for i, b in enumerate(blocks(teacher)) if i > gone[0] and i not in gone]
+    tbs = blocks(teacher)
+    refit = [i for i in range(len(tbs)) if i > gone[0] and i not in gone]  # before the first drop: nothing to make up
+    refitted = [tbs[i] for i in refit]
     whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
     schedule = _Schedule(refine_epochs, None if seconds is None or not refine_epochs else
                          _pass_seconds(teacher, whole, preprocess.crop, len(images), refitted), seconds, started)
     with torch.no_grad():
         x_fp = _stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
         x_pr = x_fp
-        pairs = list(enumerate(zip(blocks(teacher), blocks(student))))
+        pairs = list(enumerate(zip(tbs, blocks(student))))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
         for i, (tb, sb) in bar:
-            if i in gone or x_pr is x_fp:  # dropped, or before the first drop: nothing to make up yet
+            if i not in refit:  # dropped, or before the first drop
                 x_fp = _chunked(tb, x_fp, chunk)
                 x_pr = x_pr if i in gone else x_fp
                 continue
