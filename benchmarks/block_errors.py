@@ -24,6 +24,7 @@ def main() -> None:
     import torch
 
     from compress import prune, reconstruct
+    from compress.store import sha256_file
 
     F = torch.nn.functional
     teacher, pre, calib, evaluation = reference_sets()
@@ -33,7 +34,7 @@ def main() -> None:
         return net.maxpool(net.relu(net.bn1(net.conv1(x))))
 
     def errors(images, n: int = 256) -> list[float]:
-        num, den = [0.0] * 16, [0.0] * 16
+        num, den = [0.0] * len(reconstruct.blocks(teacher)), [0.0] * len(reconstruct.blocks(teacher))
         with torch.no_grad():
             for i in range(0, n, 32):
                 x = torch.from_numpy(pre.normalize(images.pixels[i:i + 32]))
@@ -57,7 +58,7 @@ def main() -> None:
         with torch.no_grad():
             return reconstruct._gather(f, len(images), 25)
 
-    key = {"model": sys.argv[1]}
+    key = {"model": sha256_file(sys.argv[1])}  # the file's content: a model rewritten at the same path is redone
     c = torch.load(CACHE, weights_only=True) if CACHE.exists() else {}
     if c.get("model") != key["model"]:
         c = {**key, "vt": layer3(teacher, evaluation), "vs": layer3(student, evaluation),
