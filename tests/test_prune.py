@@ -325,8 +325,8 @@ def test_a_time_limit_gives_the_refinement_only_the_passes_that_fit(tiny_model, 
 @pytest.mark.parametrize("slower", [0.5, 1.0, 3.0])
 def test_the_refinement_schedule_ends_within_its_time_when_the_probe_misjudges_the_machine(slower):
     """A simulated clock: 16 blocks whose fits take 5 s and whose passes take `slower` times what the probe said.
-    The schedule ends by the deadline (up to the last block's fit, which it cannot shorten), gives more passes the
-    faster the machine, and never more than the most asked for."""
+    The schedule ends by the deadline (its reserve holds even the last block's fit, which it cannot shorten), gives
+    more passes the faster the machine, and never more than the most asked for."""
     from compress import reconstruct
 
     costs = [10.0 + i for i in range(16)]
@@ -340,9 +340,9 @@ def test_the_refinement_schedule_ends_within_its_time_when_the_probe_misjudges_t
         if n:
             now[0] += (n + 1) * cost * slower
         sched.end()
-    assert now[0] <= deadline + 5.0
+    assert now[0] <= deadline
     assert all(0 <= n <= 8 for n in sched.given)
-    assert sum(sched.given) >= {0.5: 120, 1.0: 85, 3.0: 16}[slower]  # simulated: 125, 92, 21
+    assert sum(sched.given) >= {0.5: 120, 1.0: 85, 3.0: 16}[slower]  # simulated: 125, 89, 21
     free = reconstruct._Schedule(8)
     free.begin()
     assert free.passes() == 8 and free.given == [8]
