@@ -26,10 +26,11 @@ def _output_error(model, teacher, imgs) -> float:
 
 @pytest.fixture(scope="module")
 def student(tiny_model, data_dirs):
-    """The tiny model with 40% of its inner channels' MACs removed and re-fitted: what distillation starts from.
+    """The tiny model with 46% of its MACs removed from inner channels (45% asked; the 4-channel steps leave
+    nothing to give back) and re-fitted: what distillation starts from.
     Channels chosen by activation energy: from the default's greedy choice, the tiny model is already closer than
     these few augmented images can bring it (held-out error 0.26; 0.34 to 0.47 after 3 epochs at lr 3e-4..1e-3)."""
-    net, _ = reconstruct.reconstruct(tiny_model, images(data_dirs["calib"]), TINY, 0.4, round_to=4, progress=False,
+    net, _ = reconstruct.reconstruct(tiny_model, images(data_dirs["calib"]), TINY, 0.45, round_to=4, progress=False,
                                      selection="energy", allocation="uniform")
     return net
 
