@@ -27,13 +27,10 @@ def main() -> None:
     calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     base = logits(teacher, evaluation, pre)
-    names = {b: name for name, b in teacher.named_modules()}
-    stage = [int(names[b].removeprefix("layer").split(".")[0]) - 1 for b in reconstruct.blocks(teacher)]
     full = reconstruct.macs(teacher, pre.crop)
     for spec in sys.argv[1:]:
         n, ratio, *shares = spec.split(":")
-        per_block = [float(shares[s]) for s in stage]
-        reconstruct.stage_shares = lambda model, shares=per_block: shares
+        reconstruct.STAGE_SHARES = tuple(float(s) for s in shares)
         started = time.perf_counter()
         net, facts = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), progress=False)
         seconds = time.perf_counter() - started

@@ -60,17 +60,20 @@ def inner_counts_of(block, fraction: float, round_to: int) -> tuple[int, int]:
 
 
 ALLOCATIONS = ("stages", "uniform", "sensitivity")  # where the channels go (`reconstruct`)
-LAST_STAGE = 0.0  # the last stage's share of the pruned fraction (prune-distill.md, "Where to prune")
+STAGE_SHARES = (1.0, 1.0, 1.0, 0.0)  # each stage's share of the pruned fraction (prune-distill.md, "Where to prune")
 
 
 def stage_shares(model) -> list[float]:
-    """Each block's share of the pruned fraction: the blocks of the last stage (from the last block whose shortcut
-    is not the identity) lose `LAST_STAGE` of what the others lose, by default nothing. Their fit has the fewest
-    rows (7x7 positions per image at 224 pixels, for the widest convs) and their errors reach the classifier
+    """Each block's share of the pruned fraction, by stage (a stage starts at a block whose shortcut is not the
+    identity; counted back from the last, so a model with fewer stages takes the last `STAGE_SHARES`, and one with
+    more gives the extra first stages the first share). By default the last stage loses nothing: its fit has the
+    fewest rows (7x7 positions per image at 224 pixels, for the widest convs) and its errors reach the classifier
     directly: on ResNet-50 at p30 this removes more than a quarter of the flips that reconstruction leaves."""
     bs = blocks(model)
-    last = max((i for i, b in enumerate(bs) if b.downsample is not None), default=len(bs))
-    return [LAST_STAGE if i >= last else 1.0 for i in range(len(bs))]
+    stage = [max(0, sum(b.downsample is not None for b in bs[:i + 1]) - 1) for i in range(len(bs))]
+    n = stage[-1] + 1 if bs else 0
+    table = (STAGE_SHARES[0],) * max(0, n - len(STAGE_SHARES)) + STAGE_SHARES[max(0, len(STAGE_SHARES) - n):]
+    return [float(table[s]) for s in stage]
 
 
 def inner_counts(model, fraction: float, round_to: int, shares: list[float] | None = None) -> list[tuple[int, int]]:
@@ -399,7 +402,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     if sens is None:
         facts["inner_fraction"] = round(fraction, 4)
         if shares is not None:
-            facts["last_stage_share"] = LAST_STAGE
+            facts["stage_shares"] = list(STAGE_SHARES)
     else:
         facts["sensitivity"] = {"images": sensitivity_images, "fraction": 0.5, "kl": [round(k, 5) for k in sens]}
     return student.eval(), facts

@@ -444,8 +444,9 @@ def test_allocation_spares_the_sensitive_block_and_meets_the_mac_target(tiny_mod
 def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny_model):
     from compress import reconstruct
 
-    shares = reconstruct.stage_shares(tiny_model)  # the last stage: the last block with a downsample, and after
-    assert shares == [1.0, 1.0, reconstruct.LAST_STAGE, reconstruct.LAST_STAGE] and reconstruct.LAST_STAGE < 1
+    shares = reconstruct.stage_shares(tiny_model)  # two stages, each starting at a block with a downsample
+    *_, before, last = reconstruct.STAGE_SHARES
+    assert shares == [before, before, last, last] and last < before
     full = reconstruct.macs(tiny_model, TINY.crop)
     fraction = reconstruct.fraction_for(tiny_model, TINY.crop, 0.15, 4, shares)
     counts = reconstruct.inner_counts(tiny_model, fraction, 4, shares)
