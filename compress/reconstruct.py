@@ -52,8 +52,11 @@ def _fold(conv, bn):
 
 
 def inner_counts_of(block, fraction: float, round_to: int) -> tuple[int, int]:
-    """Channels kept in conv1 and conv2 of a block when `fraction` of them go, rounded to `round_to`."""
+    """Channels kept in conv1 and conv2 of a block when `fraction` of them go, rounded to `round_to`; none go at
+    fraction 0, even from a width that is not a multiple of `round_to`."""
     def keep(c: int) -> int:
+        if fraction <= 0:
+            return c
         return int(min(c, max(round_to, round_to * round((1 - fraction) * c / round_to))))
 
     return keep(block.conv1.out_channels), keep(block.conv2.out_channels)
@@ -136,8 +139,8 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int, shares: 
     return high
 
 
-def give_back(model, crop: int, mac_reduction: float, counts: list[tuple[int, int]], round_to: int,
-              shares: list[float] | None = None) -> list[tuple[int, int]]:
+def give_back(model, crop: int, mac_reduction: float, counts: list[tuple[int, int]],
+              round_to: int) -> list[tuple[int, int]]:
     """`counts` with `round_to` channels of conv1 and conv2 given back to each pruned block, the last block first,
     while the model still has `mac_reduction` fewer MACs: rounding every block down to `round_to` removes more than
     asked (p30 on ResNet-50: 31.2%), and those channels are accuracy for nothing. A block takes one step at most,
@@ -148,7 +151,7 @@ def give_back(model, crop: int, mac_reduction: float, counts: list[tuple[int, in
     bs, counts = blocks(model), list(counts)
     for i in reversed(range(len(bs))):
         w1, w2 = bs[i].conv1.out_channels, bs[i].conv2.out_channels
-        if (shares is not None and not shares[i]) or counts[i] == (w1, w2):
+        if counts[i] == (w1, w2):  # whole, by its share or its sensitivity
             continue
         trial = counts[:i] + [(min(w1, counts[i][0] + round_to), min(w2, counts[i][1] + round_to))] + counts[i + 1:]
         if macs(model, crop, trial, sizes) <= target:
@@ -373,8 +376,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
         raise ValueError(f"unknown allocation {allocation!r}")
     shares = stage_shares(teacher) if allocation == "stages" else None
     fraction = fraction_for(teacher, crop, mac_reduction, round_to, shares)
-    counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, round_to, shares), round_to,
-                       shares)
+    counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, round_to, shares), round_to)
     sens = None
     if allocation == "sensitivity":
         probe = images.sample(sensitivity_images)

@@ -1,5 +1,6 @@
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -457,12 +458,15 @@ def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny
     assert min(kept[2:]) > max(kept[:2])  # the last stage keeps more ...
     assert all(c[0] <= u[0] and c[1] <= u[1] for c, u in zip(counts[:2], uniform[:2]))  # ... the others make up
     assert all(k1 % 4 == 0 and k2 % 4 == 0 for k1, k2 in counts)
+    odd = SimpleNamespace(conv1=SimpleNamespace(out_channels=10), conv2=SimpleNamespace(out_channels=10))
+    assert reconstruct.inner_counts_of(odd, 0.0, 4) == (10, 10)  # a share of 0 keeps a width rounding would cut
+    assert reconstruct.inner_counts_of(odd, 0.3, 4) == (8, 8)
     # what rounding removed beyond the target goes back, one step a block, without crossing the target
     given = reconstruct.give_back(tiny_model, TINY.crop, 0.15, uniform, 4)  # uniform: 29% removed, not 15
     before, after = (reconstruct.macs(tiny_model, TINY.crop, c) for c in (uniform, given))
     assert before < after <= 0.85 * full
     assert all(0 <= g - c <= 4 for gs, cs in zip(given, uniform) for g, c in zip(gs, cs))
-    assert reconstruct.give_back(tiny_model, TINY.crop, 0.15, counts, 4, shares) == counts  # nothing to give
+    assert reconstruct.give_back(tiny_model, TINY.crop, 0.15, counts, 4) == counts  # nothing to give
     for i, (g, c) in enumerate(zip(given, uniform)):
         if g == c and c != widths[i]:  # not given: one more step would cross the target
             trial = given[:i] + [(c[0] + 4, c[1] + 4)] + given[i + 1:]
