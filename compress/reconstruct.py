@@ -30,8 +30,9 @@ from collections.abc import Callable
 
 from compress.errors import UserError, require
 
-REVISION = 3  # of what a recovery does with the same options: a saved pruned model from another one is redone
-# (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`)
+REVISION = 4  # of what a recovery does with the same options: a saved pruned model from another one is redone
+# (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
+# 4: the cut moves from layer3 to layer1 and layer2, `STAGE_SHARES`)
 
 
 def blocks(model) -> list:
@@ -63,7 +64,9 @@ def inner_counts_of(block, fraction: float, round_to: int) -> tuple[int, int]:
 
 
 ALLOCATIONS = ("stages", "uniform", "sensitivity")  # where the channels go (`reconstruct`)
-STAGE_SHARES = (1.0, 1.0, 1.0, 0.0)  # each stage's share of the pruned fraction (prune-distill.md, "Where to prune")
+# each stage's share of the pruned fraction, layer1..layer4 (prune-distill.md, "The default since: the cut moved")
+STAGE_SHARES = (1.5, 1.2, 0.7, 0.0)
+MOST_CUT = 0.5  # what a share above 1 may take from a block (`inner_counts`)
 
 
 def stage_shares(model) -> list[float]:
@@ -71,7 +74,9 @@ def stage_shares(model) -> list[float]:
     identity; counted back from the last, so a model with fewer stages takes the last `STAGE_SHARES`, and one with
     more gives the extra first stages the first share). By default the last stage loses nothing: its fit has the
     fewest rows (7x7 positions per image at 224 pixels, for the widest convs) and its errors reach the classifier
-    directly: on ResNet-50 at p30 this removes more than a quarter of the flips that reconstruction leaves."""
+    directly (on ResNet-50 at p30 this removes more than a quarter of the flips that reconstruction leaves); the
+    third loses less than the first two, because the refinement's gains carry over to unseen images in layer1 and
+    layer2 and stop doing so in layer3 (p30: 62 flips with shares 1:1:1:0, 57 with these)."""
     bs = blocks(model)
     stage = [max(0, sum(b.downsample is not None for b in bs[:i + 1]) - 1) for i in range(len(bs))]
     n = stage[-1] + 1 if bs else 0
@@ -81,9 +86,12 @@ def stage_shares(model) -> list[float]:
 
 def inner_counts(model, fraction: float, round_to: int, shares: list[float] | None = None) -> list[tuple[int, int]]:
     """Channels kept in conv1 and conv2 of each block when `fraction` (times the block's share) of them go,
-    rounded to `round_to`."""
+    rounded to `round_to`. A share above 1 takes a block to at most `MOST_CUT` of its channels, or to `fraction`
+    when that is more: the default shares were measured at p30, where layer1 loses half, and nothing measured says
+    a stage should lose more than that while the others lose less (at p50, layer1 would keep 8 of 64)."""
     bs = blocks(model)
-    return [inner_counts_of(b, fraction * s, round_to) for b, s in zip(bs, shares or [1.0] * len(bs))]
+    return [inner_counts_of(b, min(fraction * s, max(fraction, MOST_CUT)), round_to)
+            for b, s in zip(bs, shares or [1.0] * len(bs))]
 
 
 def _output_sizes(model, crop: int) -> dict:

@@ -461,6 +461,14 @@ def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny
     odd = SimpleNamespace(conv1=SimpleNamespace(out_channels=10), conv2=SimpleNamespace(out_channels=10))
     assert reconstruct.inner_counts_of(odd, 0.0, 4) == (10, 10)  # a share of 0 keeps a width rounding would cut
     assert reconstruct.inner_counts_of(odd, 0.3, 4) == (8, 8)
+    # a share above 1 takes a block to at most MOST_CUT, or to the common fraction when that is more
+    for fraction in (0.2, 0.8):
+        first = reconstruct.blocks(tiny_model)[:2]
+        capped = reconstruct.inner_counts(tiny_model, fraction, 1, [3.0, 3.0, 1.0, 1.0])
+        most = max(fraction, reconstruct.MOST_CUT)
+        assert capped[:2] == [reconstruct.inner_counts_of(b, most, 1) for b in first]
+        assert capped[:2] != [reconstruct.inner_counts_of(b, 3 * fraction, 1) for b in first]
+        assert capped[2:] == reconstruct.inner_counts(tiny_model, fraction, 1)[2:]
     # what rounding removed beyond the target goes back, one step a block, without crossing the target
     given = reconstruct.give_back(tiny_model, TINY.crop, 0.15, uniform, 4)  # uniform: 29% removed, not 15
     before, after = (reconstruct.macs(tiny_model, TINY.crop, c) for c in (uniform, given))
