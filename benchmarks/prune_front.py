@@ -33,6 +33,9 @@ SOURCES = {
     "prune-budget.json": "reconstruction (1,000, obs, ReLU, last stage whole, refined for the 45-minute budget)",
     "prune-budget8.json": "reconstruction (1,000, obs, ReLU, last stage whole, the whole 45-minute budget refined)",
     "prune-giveback.json": "as prune-budget8, rounding's excess channels given back (30.2% fewer MACs, not 31.2%)",
+    "prune-reserve.json": "as prune-giveback, the schedule keeping 2% of the budget in reserve",
+    "prune-shares.json": "as prune-reserve, stage shares 1.2 : 1.2 : 0.85 : 0",
+    "prune-shares2.json": "as prune-reserve, stage shares 1.5 : 1.2 : 0.7 : 0 (the default)",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
@@ -45,6 +48,9 @@ PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning"
          "prune-budget": "prune-distill.md#the-default-since-the-refinement-takes-the-recovery-budget",
          "prune-budget8": "prune-distill.md#the-default-since-the-refinement-takes-the-whole-budget",
          "prune-giveback": "prune-distill.md#the-default-since-rounding-gives-back-what-it-removed-beyond-nn",
+         "prune-reserve": "prune-distill.md#the-default-since-rounding-gives-back-what-it-removed-beyond-nn",
+         "prune-shares": "prune-distill.md#the-default-since-the-cut-moved-from-layer3-to-layer1-and-layer2",
+         "prune-shares2": "prune-distill.md#the-default-since-the-cut-moved-from-layer3-to-layer1-and-layer2",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
@@ -97,7 +103,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     palette = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:cyan", "tab:olive",
-               "tab:pink", "tab:gray", "black", "gold", "navy"]
+               "tab:pink", "tab:gray", "black", "gold", "navy", "teal", "magenta", "lime"]
     colors = dict(zip(dict.fromkeys(SOURCES.values()), palette))
     seen = set()
     for r in rows:
