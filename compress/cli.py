@@ -125,9 +125,9 @@ def parser() -> argparse.ArgumentParser:
                     "toward the FP32 block's output: as many as fit in --recovery-minutes (default 8, 4-6 "
                     "minutes each for ResNet-50 on 2 CPU cores; 0: closed form only)")
     pr.add_argument("--allocation", default="stages", choices=["stages", "uniform", "sensitivity"],
-                    help="reconstruct: stages, the same share of every block's inner channels but none of the "
-                    "last stage's, which is the most sensitive; uniform, the same share everywhere; sensitivity, "
-                    "shares from each block's measured sensitivity (default stages)")
+                    help="reconstruct: stages, a share of the inner channels for each stage (layer1 loses most, "
+                    "layer3 least, the last stage none: it is the most sensitive); uniform, the same share "
+                    "everywhere; sensitivity, shares from each block's measured sensitivity (default stages)")
     pr.add_argument("--selection", default="obs", choices=["obs", "energy"],
                     help="reconstruct: which inner channels stay: obs removes, one after another, the channel whose "
                     "loss the re-fitted consumer feels least (optimal brain surgeon); energy keeps the largest "
