@@ -36,6 +36,7 @@ SOURCES = {
     "prune-reserve.json": "as prune-giveback, the schedule keeping 2% of the budget in reserve",
     "prune-shares.json": "as prune-reserve, stage shares 1.2 : 1.2 : 0.85 : 0",
     "prune-shares2.json": "as prune-reserve, stage shares 1.5 : 1.2 : 0.7 : 0 (the default)",
+    "prune-default.json": "as prune-reserve, stage shares 1.5 : 1.2 : 0.7 : 0 (the default)",
 }
 
 PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning", "prune-p20": "prune-distill.md",
@@ -51,6 +52,7 @@ PAGES = {"drop-d5": "prune-distill.md#block-dropping-dn-against-channel-pruning"
          "prune-reserve": "prune-distill.md#the-default-since-rounding-gives-back-what-it-removed-beyond-nn",
          "prune-shares": "prune-distill.md#the-default-since-the-cut-moved-from-layer3-to-layer1-and-layer2",
          "prune-shares2": "prune-distill.md#the-default-since-the-cut-moved-from-layer3-to-layer1-and-layer2",
+         "prune-default": "prune-distill.md#the-default-since-the-cut-moved-from-layer3-to-layer1-and-layer2",
          "prune-p50": "prune-distill.md#p50-about-2x-fewer-macs-with-reconstruction-and-distillation"}
 
 
