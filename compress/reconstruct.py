@@ -23,6 +23,7 @@ output (`_refine`), which the closed-form fits cannot do: move conv1 and conv2 o
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -77,11 +78,10 @@ def stage_shares(model) -> list[float]:
     directly (on ResNet-50 at p30 this removes more than a quarter of the flips that reconstruction leaves); the
     third loses less than the first two, because the refinement's gains carry over to unseen images in layer1 and
     layer2 and stop doing so in layer3 (p30: 62 flips with shares 1:1:1:0, 57 with these)."""
-    bs = blocks(model)
-    stage = [max(0, sum(b.downsample is not None for b in bs[:i + 1]) - 1) for i in range(len(bs))]
-    n = stage[-1] + 1 if bs else 0
-    table = (STAGE_SHARES[0],) * max(0, n - len(STAGE_SHARES)) + STAGE_SHARES[max(0, len(STAGE_SHARES) - n):]
-    return [float(table[s]) for s in stage]
+    starts = list(itertools.accumulate(b.downsample is not None for b in blocks(model)))
+    stage = [max(0, s - 1) for s in starts]
+    n = stage[-1] + 1 if stage else 0
+    return [float(STAGE_SHARES[max(0, len(STAGE_SHARES) - n + s)]) for s in stage]
 
 
 def inner_counts(model, fraction: float, round_to: int, shares: list[float] | None = None) -> list[tuple[int, int]]:
@@ -126,10 +126,11 @@ def macs(model, crop: int, counts: list[tuple[int, int]] | None = None, sizes: d
     return int(total)
 
 
-def fraction_for(model, crop: int, mac_reduction: float, round_to: int, shares: list[float] | None = None) -> float:
+def fraction_for(model, crop: int, mac_reduction: float, round_to: int, shares: list[float] | None = None,
+                 sizes: dict | None = None) -> float:
     """The inner-channel fraction (times each block's share) whose pruned model has `mac_reduction` fewer MACs
-    (0.3: 30% fewer)."""
-    sizes = _output_sizes(model, crop)  # shapes do not change with the cut: one forward pass for the search
+    (0.3: 30% fewer). `sizes`: `_output_sizes`, as for `macs`."""
+    sizes = sizes if sizes is not None else _output_sizes(model, crop)  # shapes do not change with the cut
     full = macs(model, crop, sizes=sizes)
     target = (1 - mac_reduction) * full
     low, high = 0.0, 0.95
@@ -147,14 +148,14 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int, shares: 
     return high
 
 
-def give_back(model, crop: int, mac_reduction: float, counts: list[tuple[int, int]],
-              round_to: int) -> list[tuple[int, int]]:
+def give_back(model, crop: int, mac_reduction: float, counts: list[tuple[int, int]], round_to: int,
+              sizes: dict | None = None) -> list[tuple[int, int]]:
     """`counts` with `round_to` channels of conv1 and conv2 given back to each pruned block, the last block first,
     while the model still has `mac_reduction` fewer MACs: rounding every block down to `round_to` removes more than
     asked (p30 on ResNet-50: 31.2%), and those channels are accuracy for nothing. A block takes one step at most,
     so the shares stay as even as rounding allows; the last blocks take it because their errors reach the
     classifier with the fewest layers after them to make up for them."""
-    sizes = _output_sizes(model, crop)
+    sizes = sizes if sizes is not None else _output_sizes(model, crop)
     target = (1 - mac_reduction) * macs(model, crop, sizes=sizes)
     bs, counts = blocks(model), list(counts)
     for i in reversed(range(len(bs))):
@@ -383,10 +384,13 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, round_to: int
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}")
     shares = stage_shares(teacher) if allocation == "stages" else None
-    fraction = fraction_for(teacher, crop, mac_reduction, round_to, shares)
-    counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, round_to, shares), round_to)
+    sizes = _output_sizes(teacher, crop)  # one forward pass for the search and the give-back
+    fraction = fraction_for(teacher, crop, mac_reduction, round_to, shares, sizes)
     sens = None
-    if allocation == "sensitivity":
+    if allocation != "sensitivity":
+        counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, round_to, shares), round_to,
+                           sizes)
+    else:
         probe = images.sample(sensitivity_images)
         sens = sensitivities(teacher, probe, preprocess, 0.5, round_to, damp, positions, chunk, selection)
         counts = allocate(teacher, crop, mac_reduction, sens, 0.5, round_to)

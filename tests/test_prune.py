@@ -446,8 +446,8 @@ def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny
     from compress import reconstruct
 
     shares = reconstruct.stage_shares(tiny_model)  # two stages, each starting at a block with a downsample
-    *_, before, last = reconstruct.STAGE_SHARES
-    assert shares == [before, before, last, last] and last < before
+    *_, cut, whole = reconstruct.STAGE_SHARES
+    assert shares == [cut, cut, whole, whole] and whole < cut
     full = reconstruct.macs(tiny_model, TINY.crop)
     fraction = reconstruct.fraction_for(tiny_model, TINY.crop, 0.15, 4, shares)
     counts = reconstruct.inner_counts(tiny_model, fraction, 4, shares)
@@ -462,8 +462,8 @@ def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny
     assert reconstruct.inner_counts_of(odd, 0.0, 4) == (10, 10)  # a share of 0 keeps a width rounding would cut
     assert reconstruct.inner_counts_of(odd, 0.3, 4) == (8, 8)
     # a share above 1 takes a block to at most MOST_CUT, or to the common fraction when that is more
+    first = reconstruct.blocks(tiny_model)[:2]
     for fraction in (0.2, 0.8):
-        first = reconstruct.blocks(tiny_model)[:2]
         capped = reconstruct.inner_counts(tiny_model, fraction, 1, [3.0, 3.0, 1.0, 1.0])
         most = max(fraction, reconstruct.MOST_CUT)
         assert capped[:2] == [reconstruct.inner_counts_of(b, most, 1) for b in first]
