@@ -32,11 +32,12 @@ def main() -> None:
 
     import calibration
     from calibration.images import Preprocess
-    from compress import export, measure
-    from compress import model as models
-    from compress.backends import onnxruntime as ort
-    from compress.quantize import BIAS_CORRECTION_IMAGES, RESIDUAL_ADDS, quantize
-    from compress.sensitivity import compare
+    from compress.core import export
+    from compress.core import metrics as measure
+    from compress.core import model as models
+    from compress.core import session as ort
+    from compress.quantize.ptq import BIAS_CORRECTION_IMAGES, RESIDUAL_ADDS, PTQConfig, quantize
+    from compress.quantize.sensitivity import compare
 
     pre = Preprocess()
     cache = ROOT / "runs" / "calibration-study"
@@ -80,8 +81,9 @@ def main() -> None:
         images = calibration.load(REF / "imagenet-calib", pre, n, cache, progress=f"decode {n}")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "int8.onnx"
-            facts = quantize(fp32, out, images, pre, "int8", method, pct or 99.999, options=options,
-                             residual_adds=placement, bias_correction=min(corrected, n))
+            facts = quantize(fp32, out, images, pre, "int8",
+                             PTQConfig(method=method, percentile=pct or 99.999, options=options,
+                                       residual_adds=placement, bias_correction=min(corrected, n)))
             logits = ort.logits(out, evaluation, pre, as_written=True)
             acc = measure.accuracy(measure.top5(logits), evaluation.labels, base)
         row = {"method": label_of(method, pct, options), "residual_adds": placement,
@@ -118,11 +120,11 @@ def main() -> None:
               f"{'%.2f' % (1000 * r['kl']) if 'kl' in r else '—'} | "
               f"{r['calibration_seconds']:.0f} |" for r in rows]
     lines += ["", "Not available here: onnxruntime's SmoothQuant needs Intel Neural Compressor (a transformer "
-              "technique in any case). onnxruntime offers no bias correction, so `compress.quantize."
-              "correct_biases` does it (as NNCF's FastBiasCorrection). Measured once on the fused percentile file "
-              "and not kept: MSE-optimal per-tensor activation ranges (KL ×1000 7.07, 97.5%), MSE-optimal "
-              "per-channel weight scales (97.1%), and activation equalization between Conv pairs with α = 0.5 "
-              "(on the `both` file: KL ×1000 8.10, 97.9%)."]
+              "technique in any case). onnxruntime offers no bias correction, so `compress.quantize.bias."
+              "correct_biases` does it (as NNCF's FastBiasCorrection). Tried once with code that was not kept, and "
+              "not adopted: MSE-optimal per-tensor activation ranges, MSE-optimal per-channel weight scales, and "
+              "activation equalization between Conv pairs (no committed script reproduces their figures, so none "
+              "is quoted)."]
     (results / "calibration-study.md").write_text("\n".join(lines) + "\n")
     (results / "calibration-study.json").write_text(json.dumps({"fp32": base_acc, "rows": rows, "env": env}, indent=2))
 

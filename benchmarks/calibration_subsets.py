@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from run import REF, ROOT, int8_cpu_setup
+from common import REF, ROOT, int8_cpu_setup
 
 sys.path.insert(0, str(ROOT))
 
@@ -27,11 +27,11 @@ def main() -> None:
     import numpy as np
 
     import calibration
-    from calibration import ranges
     from calibration.images import Preprocess
-    from compress import measure
-    from compress.backends import onnxruntime as ort
-    from compress.quantize import quantize
+    from compress.core import metrics as measure
+    from compress.core import session as ort
+    from compress.quantize import ranges
+    from compress.quantize.ptq import PTQConfig, quantize
 
     pre = Preprocess()
     work = ROOT / "runs" / "calibration-subsets"
@@ -42,7 +42,7 @@ def main() -> None:
         subset = every.sample(a.size, seed)
         stats = ranges.collect(fp32, subset, pre, tensors)
         path = work / f"int8-cpu-{seed}.onnx"
-        quantize(fp32, path, subset, pre, "int8-cpu", "percentile", statistics=stats, cpu="vnni")
+        quantize(fp32, path, subset, pre, "int8-cpu", PTQConfig(method="percentile", cpu="vnni"), statistics=stats)
         pred = measure.top5(ort.logits(path, evaluation, pre, as_written=False))
         rows.append({"seed": seed, **measure.accuracy(pred, evaluation.labels, base)})
         print(rows[-1], flush=True)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from run import REF, RESULTS, ROOT, machine, reference_checkpoint
+from common import REF, RESULTS, ROOT, machine, reference_checkpoint
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import copy
 import sys
 import time
 
-from run import REF, ROOT, publish, reference_checkpoint, torch_top5
+from common import REF, ROOT, publish, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -29,8 +29,10 @@ def main() -> None:
 
     import calibration
     from calibration.images import Preprocess
-    from compress import measure, prune, reconstruct
-    from compress import model as models
+    from compress.core import metrics as measure
+    from compress.core import model as models
+    from compress.prune import channels as prune
+    from compress.prune import drop as dropping
 
     pre = Preprocess()
     cache = ROOT / "runs" / "drop-blocks"
@@ -48,7 +50,7 @@ def main() -> None:
     for n in (int(x) for x in a.drops.split(",")):
         for greedy in (False, True):
             started = time.perf_counter()
-            net, facts = reconstruct.drop(teacher, recovery, pre, n, greedy=greedy)
+            net, facts = dropping.drop(teacher, recovery, pre, n, greedy=greedy)
             seconds = round(time.perf_counter() - started)
             bare = copy.deepcopy(teacher)
             prune.drop_blocks(bare, facts["blocks_dropped"])
@@ -65,7 +67,7 @@ def main() -> None:
              "ResNet-50 v1; candidates are the 12 blocks whose shortcut is the identity. Independent: the N with the "
              "lowest KL(FP32 || dropped) when each is dropped alone; greedy: one at a time, each measured with those "
              "already chosen gone (KL on 64 calibration images). Re-fit: every block after the first one dropped, "
-             f"ridge least squares to the FP32 activations on {a.images} calibration images (`reconstruct.drop`). "
+             f"ridge least squares to the FP32 activations on {a.images} calibration images (`dropping.drop`). "
              "No labels, no training, no distillation. Accuracy on the 1,000 evaluation images with PyTorch on the "
              "CPU; agreement and flips against FP32 on the same images.", "",
              "| variant | blocks dropped | GMACs | top-1 | Δ vs FP32 | agreement | flips | CPU time |",

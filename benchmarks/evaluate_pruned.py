@@ -11,18 +11,18 @@ from __future__ import annotations
 import json
 import sys
 
-from reconstruction_images import REF, ROOT, logits, reference_model, scores
+from common import REF, ROOT, logits, reference_checkpoint, scores
 
 
 def main() -> None:
     import calibration
     from calibration.images import Preprocess
-    from compress import model as models
-    from compress import prune
+    from compress.core import model as models
+    from compress.prune import channels as prune
 
     pre = Preprocess()
     evaluation = calibration.load(REF / "imagenet-val", pre, None, ROOT / "runs" / "reference" / "cache")
-    base = logits(models.load("resnet50-v1", reference_model()), evaluation, pre)
+    base = logits(models.load("resnet50-v1", reference_checkpoint()), evaluation, pre)
     for path in sys.argv[1:]:
         record = prune.load_record(path)
         out = logits(prune.from_record(record, path), evaluation, pre)

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from run import REF, ROOT, int8_cpu_setup
+from common import REF, ROOT, int8_cpu_setup
 
 sys.path.insert(0, str(ROOT))
 
@@ -29,11 +29,13 @@ def main() -> None:
     a = p.parse_args()
 
     import calibration
-    from calibration import ranges
     from calibration.images import Preprocess
-    from compress import backends, measure
-    from compress.backends import onnxruntime as ort
-    from compress.quantize import BIAS_CORRECTION_IMAGES, quantize, this_cpu_class
+    from compress import backends
+    from compress.core import metrics as measure
+    from compress.core import session as ort
+    from compress.core.cpu import this_cpu_class
+    from compress.quantize import ranges
+    from compress.quantize.ptq import BIAS_CORRECTION_IMAGES, PTQConfig, quantize
 
     pre = Preprocess()
     work = ROOT / "runs" / "int8-cpu-classes"
@@ -46,8 +48,8 @@ def main() -> None:
                                     ("avx2", "minmax", 0)):
         name = f"int8-cpu {cpu} {method}" + (" bias-corrected" if correction else "")
         path = work / f"{name.replace(' ', '-')}.onnx"
-        info = quantize(fp32, path, calib, pre, "int8-cpu", method, statistics=stats, cpu=cpu,
-                        bias_correction=correction)
+        info = quantize(fp32, path, calib, pre, "int8-cpu",
+                        PTQConfig(method=method, bias_correction=correction, cpu=cpu), statistics=stats)
         files[name] = (path, f"{info['weight_bits']}-bit weights, {method} on {len(calib)} images"
                        + (f", biases corrected on {correction}" if correction else ""), cpu)
     rows = []

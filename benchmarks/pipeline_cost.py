@@ -119,7 +119,7 @@ def main() -> None:
 
 def _cpu() -> str:
     sys.path.insert(0, str(ROOT))
-    from compress.measure import cpu_name
+    from compress.core.cpu import cpu_name
 
     return cpu_name()
 

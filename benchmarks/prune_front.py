@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from run import ROOT
+from common import ROOT
 
 RESULTS = ROOT / "benchmarks" / "results"
 # report -> how its pruned rows were recovered (the row's own recovery record gives images and minutes)

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from run import REF, RESULTS, machine, reference_checkpoint, run
+from common import REF, RESULTS, machine, reference_checkpoint
+from run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

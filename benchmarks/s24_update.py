@@ -15,7 +15,7 @@ import copy
 import sys
 import time
 
-from run import REF, ROOT, publish, reference_checkpoint, torch_top5
+from common import REF, ROOT, publish, reference_checkpoint, torch_top5
 
 sys.path.insert(0, str(ROOT))
 
@@ -28,8 +28,9 @@ def main() -> None:
 
     import calibration
     from calibration.images import Preprocess
-    from compress import measure, prune
-    from compress import model as models
+    from compress.core import metrics as measure
+    from compress.core import model as models
+    from compress.prune import channels as prune
 
     pre = Preprocess()
     cache = ROOT / "runs" / "s24-update"

@@ -12,30 +12,31 @@ import json
 import sys
 import time
 
-from reconstruction_images import REF, ROOT, logits, reference_model, scores
+from common import REF, ROOT, logits, reference_checkpoint, scores
 
 
 def main() -> None:
     import calibration
     from calibration.images import Preprocess
-    from compress import model as models
-    from compress import reconstruct
+    from compress.core import model as models
+    from compress.prune import allocate, reconstruct
+    from compress.prune.config import ReconstructConfig
 
     pre = Preprocess()
     cache = ROOT / "runs" / "reference" / "cache"
-    teacher = models.load("resnet50-v1", reference_model())
+    teacher = models.load("resnet50-v1", reference_checkpoint())
     calib = calibration.load(REF / "imagenet-calib", pre, None, cache)
     evaluation = calibration.load(REF / "imagenet-val", pre, None, cache)
     base = logits(teacher, evaluation, pre)
-    full = reconstruct.macs(teacher, pre.crop)
+    full = allocate.macs(teacher, pre.crop)
     for spec in sys.argv[1:]:
         n, ratio, *shares = spec.split(":")
-        reconstruct.STAGE_SHARES = tuple(float(s) for s in shares)
+        config = ReconstructConfig(stage_shares=tuple(float(s) for s in shares))
         started = time.perf_counter()
-        net, facts = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), progress=False)
+        net, facts = reconstruct.reconstruct(teacher, calib.sample(int(n)), pre, float(ratio), config, progress=False)
         seconds = time.perf_counter() - started
         print(json.dumps({"images": int(n), "mac_reduction": float(ratio), "stage_shares": shares,
-                          "macs": round(reconstruct.macs(net, pre.crop) / full, 4),
+                          "macs": round(allocate.macs(net, pre.crop) / full, 4),
                           "inner_channels": facts["inner_channels"], "seconds": round(seconds),
                           **scores(logits(net, evaluation, pre), base, evaluation.labels)}), flush=True)
 

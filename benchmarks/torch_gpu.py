@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def variants(arch: str, checkpoint: str | None, prune_ratio: float, crop: int):
-    from compress import model as models
-    from compress import prune
+    from compress.core import model as models
+    from compress.prune import channels as prune
 
     net = models.load(arch, checkpoint) if checkpoint else models.build(arch, 1000).eval()
     out = {"fp32": net}
@@ -42,7 +42,7 @@ def sweep(models: dict, batches: list[int], crop: int, device: str, runs: int) -
             for mode in torch_backend.MODES:
                 for channels_last in (False, True):
                     for graph in graphs:
-                        r = torch_backend.latency(net, batch, crop, mode, channels_last, graph, device,
+                        r = torch_backend.latency(net, (batch, crop), mode, channels_last, graph, device,
                                                   warmup=10, runs=runs)
                         rows.append({"variant": name, **r})
                         print(f"{name} b{batch} {mode} cl={channels_last} graph={graph}: "

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.errors import UserError
-from compress.store import atomic_path, sha256_file, sha256_json
+from compress.core.errors import UserError
+from compress.core.store import atomic_path, sha256_file, sha256_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from compress.backends import all_backends
+
 
 def _version(pkg: str) -> str | None:
     try:
@@ -33,7 +35,6 @@ TOOLS = [  # name, what it is for, module, install extra
 
 def backends() -> list[dict]:
     """Every registered backend (whether `compress run` or `compress build` measures it), usable or not."""
-    from compress.backends import all_backends
 
     out = []
     for b in all_backends():

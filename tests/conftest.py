@@ -107,7 +107,7 @@ def train_tiny(data_dir: Path, steps: int = 120, seed: int = 0):
     import torch
 
     import calibration
-    from compress import model as models
+    from compress.core import model as models
 
     torch.manual_seed(seed)
     images = calibration.load(data_dir, TINY)
@@ -138,14 +138,14 @@ def tiny_checkpoint(data_dirs, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
-    from compress import model as models
+    from compress.core import model as models
 
     return models.load("test-resnet", tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory) -> Path:
-    from compress.export import export
+    from compress.core.export import export
 
     path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
     export(tiny_model, path, TINY.crop, {"compress.preprocess": "tiny"})
@@ -176,3 +176,12 @@ def outlier_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "outlier.pth"
     torch.save(plant_outlier(torch.load(tiny_checkpoint, weights_only=True)), path)
     return path
+
+
+def output_error(model, teacher, images_) -> float:
+    """Mean squared difference of two torch models' logits on an ImageSet: how far a pruned model is from FP32."""
+    import torch
+
+    x = torch.from_numpy(TINY.normalize(images_.pixels))
+    with torch.no_grad():
+        return float(((model.eval()(x) - teacher.eval()(x)) ** 2).mean())

@@ -9,8 +9,8 @@ import torch
 
 import calibration
 from calibration.images import Preprocess
-from compress import model as models
-from compress.distill import DistillSpec, distill, world
+from compress.core import model as models
+from compress.prune.distill import DistillSpec, distill, world
 
 TINY = Preprocess(resize=36, crop=32)  # as the tests' conftest
 

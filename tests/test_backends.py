@@ -17,7 +17,8 @@ from compress.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_variant(tiny_model, tmp_path_factory):
     """A float variant as the pipeline writes it: model.onnx with its metadata, model.pt beside it."""
-    from compress import export, prune
+    from compress.core import export
+    from compress.prune import channels as prune
 
     d = tmp_path_factory.mktemp("variant")
     export.export(tiny_model, d / "model.onnx", TINY.crop,

@@ -1,8 +1,9 @@
 """Every input is untrusted: checkpoints, ONNX files, image folders, options, run directories, reports, bundles.
 
-Each case asserts the exit code, the single `error:` line, and that nothing beside the work folder was read into
-an error message or written (a sentinel file sits next to it)."""
+Each case asserts the exit code, the single `error:` line, and that nothing beside the work folder was read or
+written (a sentinel file sits next to it; an audit hook records every file and folder this process opens)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,18 +29,62 @@ SECRET = "sentinel-secret-line 0"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+OPENED: list[str] | None = None  # paths this process opens while a box is watched
+
+
+def _audit(event: str, args: tuple) -> None:
+    if OPENED is not None and event in ("open", "os.listdir", "os.scandir") and args and isinstance(
+            args[0], (str, bytes, os.PathLike)):
+        OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed: this one records only while OPENED is a list
+
+
 @pytest.fixture()
 def box(tmp_path):
-    """A work folder with a sentinel file beside it; after the test, the sentinel is untouched and nothing new
-    appeared outside the work folder."""
+    """A work folder with a sentinel file beside it; after the test, the sentinel is untouched, nothing new
+    appeared outside the work folder, and nothing beside it was opened by this process (read or listed)."""
+    global OPENED
     work = tmp_path / "work"
     work.mkdir()
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text(SECRET + "\n")
     before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(work)}
-    yield work, sentinel
+    OPENED = []
+    try:
+        yield work, sentinel
+        opened = [Path(p).absolute() for p in OPENED]
+    finally:
+        OPENED = None
     assert sentinel.read_text() == SECRET + "\n"
     assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(work)} == before
+    outside = sorted({str(p) for p in opened if p.is_relative_to(tmp_path) and not p.is_relative_to(work)})
+    assert outside == [], "opened beside the work folder"
+
+
+@contextlib.contextmanager
+def unwatched():
+    """The test's own setup beside the work folder, which the box's read check is not about."""
+    global OPENED
+    saved, OPENED = OPENED, None
+    try:
+        yield
+    finally:
+        OPENED = saved
+
+
+def test_the_box_sees_a_read_beside_the_work_folder(tmp_path):
+    """The audit hook the box relies on records an open of the sentinel (the check cannot pass by not looking)."""
+    global OPENED
+    (tmp_path / "sentinel.txt").write_text(SECRET)
+    OPENED = []
+    try:
+        (tmp_path / "sentinel.txt").read_text()
+        seen = list(OPENED)
+    finally:
+        OPENED = None
+    assert str(tmp_path / "sentinel.txt") in seen
 
 
 def error_line(capsys, code, needle) -> str:
@@ -195,13 +240,15 @@ def test_class_folders_that_link_outside_are_left_out_and_loops_end(box, capsys)
     work, sentinel = box
     data = write_images(work / "data", 2, seed=5, layout="folders")
     outside = sentinel.parent / "elsewhere"
-    shutil.copytree(data / "class0", outside)
+    with unwatched():
+        shutil.copytree(data / "class0", outside)
     try:
         (data / "class9").symlink_to(outside, target_is_directory=True)
         (data / "class1" / "loop").symlink_to(data / "class1", target_is_directory=True)
         items = calibration.list_images(data)
     finally:
-        shutil.rmtree(outside)
+        with unwatched():
+            shutil.rmtree(outside)
     assert not any(rel.startswith("class9") for rel, _ in items)
     assert len(items) == 8 and {label for _, label in items} == {0, 1, 2, 3}
     assert "symlink(s) that lead outside" in capsys.readouterr().err
@@ -356,6 +403,15 @@ def test_bundle_copies_nothing_from_outside_the_data_folder(box, tiny_checkpoint
     assert not list((work / "b").glob("*.tar.gz")) and not list((work / "b").glob(".*staging"))
 
 
+def test_a_bundle_out_that_is_a_file_is_one_error_line(box, finished, capsys):
+    work, _ = box
+    run = copy_of(finished, work)
+    (work / "taken").write_text("a file, not a folder")
+    code = main(["bundle", str(run), "--target", "orin-nano", "--out", str(work / "taken")])
+    error_line(capsys, code, "is a file")
+    assert (work / "taken").read_text() == "a file, not a folder"
+
+
 def test_outputs_get_normal_permissions(finished):
     mask = os.umask(0)
     os.umask(mask)
@@ -366,6 +422,7 @@ def test_outputs_get_normal_permissions(finished):
 # -- faults and concurrency ----------------------------------------------------------------------------------
 def test_the_report_is_replaced_as_a_set(box, finished, monkeypatch, capsys):
     from compress import report
+    from compress.report import files
 
     work, _ = box
     run = copy_of(finished, work)
@@ -376,7 +433,7 @@ def test_the_report_is_replaced_as_a_set(box, finished, monkeypatch, capsys):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as a kill after the plots, before report.json
 
-    monkeypatch.setattr(report, "write_json", killed)
+    monkeypatch.setattr(files, "write_json", killed)
     with pytest.raises(KeyboardInterrupt):
         report.write(run, data)
     assert {n: (run / n).read_bytes() for n in before} == before  # the old set, whole
@@ -390,20 +447,20 @@ def test_the_report_is_replaced_as_a_set(box, finished, monkeypatch, capsys):
 def test_a_full_disk_is_one_error_line(box, finished, tiny_checkpoint, data_dirs, monkeypatch, capsys):
     import errno
 
-    from compress import pipeline
+    from compress.run import pipeline
 
     work, _ = box
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(work / "o" / "variants" / "fp32" / "model.onnx"))
 
-    monkeypatch.setattr(pipeline.Pipeline, "export", full)
+    monkeypatch.setattr(pipeline, "export", full)
     code = main(tiny_run(tiny_checkpoint, data_dirs, work / "o", variants="fp32"))
     error_line(capsys, code, "no space left on the device writing")
 
 
 def test_a_second_run_into_the_same_folder_is_told_who_holds_it(box, finished, tiny_checkpoint, data_dirs, capsys):
-    from compress.rundir import RunDir
+    from compress.core.rundir import RunDir
 
     work, _ = box
     run = copy_of(finished, work)
@@ -443,9 +500,11 @@ def test_kill_9_then_rerun_gives_the_same_report(box, finished, tiny_checkpoint,
         seen += proc.stderr.read(1) or ""
         if proc.poll() is not None and not seen.endswith(after):
             break
+    assert after in seen and proc.poll() is None, "the run ended before the kill"
     proc.kill()
     proc.wait()
     proc.stderr.close()
+    assert not (out / "report.json").exists()  # the kill landed mid-run: no report yet
     assert subprocess.run(args, cwd=ROOT, capture_output=True).returncode == 0
     assert not list(out.rglob("*.part"))
     done, again = (json.loads((d / "report.json").read_text())["results"] for d in (finished, out))

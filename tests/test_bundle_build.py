@@ -11,9 +11,9 @@ pytest.importorskip("onnxruntime")
 from conftest import FAST  # noqa: E402
 
 from compress.cli import main  # noqa: E402
-from compress.engine import Device  # noqa: E402
-from compress.errors import UserError  # noqa: E402
-from compress.store import sha256_file  # noqa: E402
+from compress.core.errors import UserError  # noqa: E402
+from compress.core.store import sha256_file  # noqa: E402
+from compress.devices.engine import Device  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,9 @@ def test_report_says_tensorrt_not_measured_here(run_dir):
 
 def test_engines_are_keyed_by_device_reused_and_refused_elsewhere(run_dir, tmp_path, monkeypatch):
     """The storage decisions of `compress build`, with the TensorRT call itself replaced by a recorder."""
-    from compress import build as build_mod
     from compress.backends import tensorrt as trt_backend
-    from compress.engine import Profile, plan
+    from compress.devices import build as build_mod
+    from compress.devices.engine import Profile, plan
 
     calls = []
 
@@ -145,7 +145,7 @@ def test_doctor_lists_every_backend(capsys):
 
 
 def test_engine_latency_has_its_spread():
-    from compress.build import spread
+    from compress.devices.build import spread
 
     assert spread([1.0] * 10 + [3.0] * 10, rounds=2) == [1.0, 3.0]
     assert spread([2.0, 2.0, 2.0], rounds=5) == [2.0, 2.0]  # fewer runs than groups: no empty group

@@ -94,8 +94,8 @@ def test_run_options_come_in_one_group_per_spec(capsys):
     import dataclasses
 
     from compress.cli import parser
-    from compress.recipe import MeasureSpec, PruneSpec, QuantizeSpec
-    from compress.sensitivity import Budget
+    from compress.core.budget import Budget
+    from compress.run.recipe import MeasureSpec, PruneSpec, QuantizeSpec
 
     run = next(a for a in parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" run"))
     groups = {g.title: {a.dest for a in g._group_actions} for g in run._action_groups}

@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 
 from conftest import TINY, images, variant_rows  # noqa: E402
 
-from compress import reconstruct  # noqa: E402
-from compress.distill import DistillSpec, distill, order, views  # noqa: E402
+from compress.prune import reconstruct  # noqa: E402
+from compress.prune.config import ReconstructConfig  # noqa: E402
+from compress.prune.distill import DistillSpec, distill, order, views  # noqa: E402
 
 
 def _output_error(model, teacher, imgs) -> float:
@@ -30,8 +31,8 @@ def student(tiny_model, data_dirs):
     nothing to give back) and re-fitted: what distillation starts from.
     Channels chosen by activation energy: from the default's greedy choice, the tiny model is already closer than
     these few augmented images can bring it (held-out error 0.26; 0.34 to 0.47 after 3 epochs at lr 3e-4..1e-3)."""
-    net, _ = reconstruct.reconstruct(tiny_model, images(data_dirs["calib"]), TINY, 0.45, round_to=4, progress=False,
-                                     selection="energy", allocation="uniform")
+    config = ReconstructConfig(round_to=4, selection="energy", allocation="uniform")
+    net, _ = reconstruct.reconstruct(tiny_model, images(data_dirs["calib"]), TINY, 0.45, config, progress=False)
     return net
 
 
@@ -119,13 +120,13 @@ def test_two_gloo_processes_give_the_weights_of_one_on_the_same_global_batch(tin
 
 
 def _params(checkpoint):
-    from compress import model as models
+    from compress.core import model as models
 
     return models.load("test-resnet", checkpoint).named_parameters()
 
 
 def _start(checkpoint):
-    from compress import model as models
+    from compress.core import model as models
 
     net = models.load("test-resnet", checkpoint)
     with torch.no_grad():
@@ -179,9 +180,9 @@ def test_a_killed_recovery_resumes_without_redoing_what_was_finished(tiny_checkp
 
     from conftest import tiny_run
 
-    from compress import distill as distill_module
-    from compress import reconstruct as reconstruct_module
     from compress.cli import main
+    from compress.prune import distill as distill_module
+    from compress.prune import reconstruct as reconstruct_module
 
     out = tmp_path / "run"
     args = tiny_run(tiny_checkpoint, data_dirs, out, "--round-to", "4", "--distill-epochs", "3",

@@ -6,8 +6,17 @@ import types
 import numpy as np
 import pytest
 
-from compress.engine import Device, Profile, check_compatible, plan, reusable, sidecar, trtexec_command
-from compress.errors import UserError
+from compress.core.errors import UserError
+from compress.devices.engine import (
+    Device,
+    Placement,
+    Profile,
+    check_compatible,
+    plan,
+    reusable,
+    sidecar,
+    trtexec_command,
+)
 
 PROFILE = Profile("input", (3, 224, 224), 1, 1, 32)
 H100 = Device("NVIDIA H100 80GB HBM3", "9.0", "11.4.0.1", "Linux-x86_64")
@@ -33,12 +42,12 @@ def test_tensorrt_10_uses_builder_flags():
 
 def test_sparse_and_dla_options():
     assert "SPARSE_WEIGHTS" in plan("s24", "fp32", "fp16", 11, PROFILE, sparse=True).set_flags
-    dla = plan("int8", "int8", "int8", 10, PROFILE, dla_core=1, gpu_fallback=True)
+    dla = plan("int8", "int8", "int8", 10, PROFILE, placement=Placement(dla_core=1, gpu_fallback=True))
     assert dla.dla_core == 1 and "GPU_FALLBACK" in dla.set_flags and dla.engine_name == "int8-dla1"
     with pytest.raises(UserError, match="DLA runs FP16 and INT8 only"):
-        plan("fp32", "fp32", "fp32", 10, PROFILE, dla_core=0)
+        plan("fp32", "fp32", "fp32", 10, PROFILE, placement=Placement(dla_core=0))
     with pytest.raises(UserError, match="only applies with --dla-core"):
-        plan("fp32", "fp32", "fp16", 10, PROFILE, gpu_fallback=True)
+        plan("fp32", "fp32", "fp16", 10, PROFILE, placement=Placement(gpu_fallback=True))
 
 
 def test_precision_must_match_the_variant():
@@ -86,8 +95,8 @@ def test_trtexec_lines():
     line = trtexec_command(plan("fp32", "fp32", "fp32", 11, PROFILE), "m.onnx", "e.engine")
     assert "--noTF32" in line and "--stronglyTyped" in line and "--fp16" not in line
     assert "--minShapes=input:1x3x224x224" in line and "--maxShapes=input:32x3x224x224" in line
-    line = trtexec_command(plan("int8", "int8", "int8", 10, PROFILE, dla_core=0, gpu_fallback=True,
-                                workspace_mib=512), "q.onnx", "e.engine", "t.cache")
+    dla = Placement(workspace_mib=512, dla_core=0, gpu_fallback=True)
+    line = trtexec_command(plan("int8", "int8", "int8", 10, PROFILE, placement=dla), "q.onnx", "e.engine", "t.cache")
     for flag in ("--int8", "--fp16", "--useDLACore=0", "--allowGPUFallback", "--memPoolSize=workspace:512M",
                  "--timingCacheFile=t.cache"):
         assert flag in line
@@ -101,7 +110,8 @@ def test_every_planned_flag_is_a_tensorrt_flag(monkeypatch):
                                                        ("int8", "int8", "int8")]
              for f in (*plan(v, vp, p, major, PROFILE, sparse=True).set_flags,
                        *plan(v, vp, p, major, PROFILE).clear_flags)}
-    names |= set(plan("int8", "int8", "int8", 10, PROFILE, dla_core=0, gpu_fallback=True).set_flags)
+    dla = Placement(dla_core=0, gpu_fallback=True)
+    names |= set(plan("int8", "int8", "int8", 10, PROFILE, placement=dla).set_flags)
     fake = types.ModuleType("tensorrt")
     fake.BuilderFlag = types.SimpleNamespace(**{n: f"BuilderFlag.{n}" for n in names})
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
@@ -119,8 +129,8 @@ def test_fp16_onnx_for_strongly_typed_builds(tiny_onnx, tmp_path, data_dirs):
     onnx = pytest.importorskip("onnx")
     from conftest import TINY, images
 
-    from compress.backends.onnxruntime import Session
-    from compress.export import to_fp16
+    from compress.core.export import to_fp16
+    from compress.core.session import Session
 
     out = tmp_path / "model-fp16.onnx"
     to_fp16(tiny_onnx, out)
@@ -137,7 +147,7 @@ def test_fp16_onnx_for_strongly_typed_builds(tiny_onnx, tmp_path, data_dirs):
 def test_decisions_import_nothing_heavy():
     import subprocess
 
-    code = ("import sys, compress.engine, compress.bundle; "
+    code = ("import sys, compress.devices.engine, compress.devices.bundle; "
             "print([m for m in ('tensorrt', 'torch', 'onnx', 'onnxruntime') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

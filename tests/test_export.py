@@ -8,9 +8,10 @@ onnx = pytest.importorskip("onnx")
 
 from conftest import TINY, images  # noqa: E402
 
-from compress import export  # noqa: E402
-from compress.backends.onnxruntime import Session  # noqa: E402
-from compress.errors import UserError  # noqa: E402
+from compress.core import export  # noqa: E402
+from compress.core.errors import UserError  # noqa: E402
+from compress.core.onnxfile import metadata  # noqa: E402
+from compress.core.session import Session  # noqa: E402
 
 
 def test_export_is_checked_named_and_dynamic(tiny_onnx):
@@ -20,7 +21,7 @@ def test_export_is_checked_named_and_dynamic(tiny_onnx):
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    assert export.metadata(tiny_onnx)["compress.preprocess"] == "tiny"
+    assert metadata(tiny_onnx)["compress.preprocess"] == "tiny"
     assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded into Conv
 
 

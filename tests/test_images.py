@@ -5,7 +5,7 @@ from conftest import TINY, write_images
 import calibration
 from calibration.images import Preprocess
 from calibration.reader import CalibrationReader
-from compress.errors import UserError
+from compress.core.errors import UserError
 
 
 def test_labels_txt_and_image_folder_layouts(tmp_path):

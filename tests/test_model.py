@@ -2,8 +2,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from compress import model as models  # noqa: E402
-from compress.errors import UserError  # noqa: E402
+from compress.core import model as models  # noqa: E402
+from compress.core.errors import UserError  # noqa: E402
 
 
 @pytest.fixture()

@@ -6,22 +6,24 @@ pytest.importorskip("onnxruntime")
 from conftest import TINY, images  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from compress.backends import onnxruntime as ort  # noqa: E402
-from compress.measure import accuracy, top5  # noqa: E402
-from compress.quantize import quantize, tensorrt_problems  # noqa: E402
+from compress.backends import onnxruntime as ort_backend  # noqa: E402
+from compress.core import session as ort  # noqa: E402
+from compress.core.metrics import accuracy, top5  # noqa: E402
+from compress.quantize.ptq import PTQConfig, quantize  # noqa: E402
+from compress.quantize.tensorrt_check import tensorrt_problems  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def int8(tiny_onnx, data_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "int8.onnx"
-    info = quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8", "percentile")
+    info = quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8", PTQConfig(method="percentile"))
     return out, info
 
 
 @pytest.fixture(scope="module")
 def int8_cpu(tiny_onnx, data_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "int8-cpu.onnx"
-    quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8-cpu", "minmax")
+    quantize(tiny_onnx, out, images(data_dirs["calib"]), TINY, "int8-cpu", PTQConfig(method="minmax"))
     return out
 
 
@@ -88,7 +90,8 @@ def test_int8_feeds_every_conv_gemm_and_residual_add_the_way_tensorrt_fuses(int8
 
 def test_int8_with_qdq_on_both_residual_add_inputs(tiny_onnx, data_dirs, tmp_path):
     out = tmp_path / "both.onnx"
-    quantize(tiny_onnx, out, images(data_dirs["calib"], 16), TINY, "int8", "minmax", residual_adds="both")
+    quantize(tiny_onnx, out, images(data_dirs["calib"], 16), TINY, "int8",
+             PTQConfig(method="minmax", residual_adds="both"))
     proto = onnx.load(str(out))
     prod = producers(proto)
     for add in (n for n in proto.graph.node if n.op_type == "Add"):
@@ -148,16 +151,17 @@ def test_accuracy_counts_flips_by_direction():
 def test_bias_correction_changes_only_float_biases_and_moves_int8_toward_fp32(outlier_checkpoint, data_dirs,
                                                                              tmp_path):
     """On the model with a planted outlier channel, whose INT8 rounding is coarse enough to shift means."""
-    from compress import export
-    from compress import model as models
-    from compress.sensitivity import compare
+    from compress.core import export
+    from compress.core import model as models
+    from compress.quantize.sensitivity import compare
 
     tiny_onnx = tmp_path / "fp32.onnx"
     export.export(models.load("test-resnet", outlier_checkpoint), tiny_onnx, TINY.crop)
     calib = images(data_dirs["calib"])
     plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
-    assert quantize(tiny_onnx, plain, calib, TINY, "int8", "percentile", bias_correction=0)["bias_correction"] is None
-    info = quantize(tiny_onnx, corrected, calib, TINY, "int8", "percentile", bias_correction=48)
+    plain_facts = quantize(tiny_onnx, plain, calib, TINY, "int8", PTQConfig(method="percentile", bias_correction=0))
+    assert plain_facts["bias_correction"] is None
+    info = quantize(tiny_onnx, corrected, calib, TINY, "int8", PTQConfig(method="percentile", bias_correction=48))
     assert info["bias_correction"]["layers"] == 16 and info["bias_correction"]["images"] == 48
     a, b = onnx.load(str(plain)), onnx.load(str(corrected))
     assert [(n.op_type, list(n.input)) for n in a.graph.node] == [(n.op_type, list(n.input)) for n in b.graph.node]
@@ -181,16 +185,17 @@ def test_bias_correction_of_int8_cpu_moves_only_its_int32_biases_toward_fp32(out
                                                                             cpu):
     """int8-cpu keeps its biases in int32 behind a DequantizeLinear: the correction moves them in units of their
     scale, and nothing else, and the file's outputs come closer to FP32 on images the correction never saw."""
-    from compress import export
-    from compress import model as models
-    from compress.sensitivity import compare
+    from compress.core import export
+    from compress.core import model as models
+    from compress.quantize.sensitivity import compare
 
     tiny_onnx = tmp_path / "fp32.onnx"
     export.export(models.load("test-resnet", outlier_checkpoint), tiny_onnx, TINY.crop)
     calib = images(data_dirs["calib"])
     plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
-    quantize(tiny_onnx, plain, calib, TINY, "int8-cpu", "percentile", bias_correction=0, cpu=cpu)
-    info = quantize(tiny_onnx, corrected, calib, TINY, "int8-cpu", "percentile", bias_correction=48, cpu=cpu)
+    quantize(tiny_onnx, plain, calib, TINY, "int8-cpu", PTQConfig(method="percentile", bias_correction=0, cpu=cpu))
+    info = quantize(tiny_onnx, corrected, calib, TINY, "int8-cpu",
+                    PTQConfig(method="percentile", bias_correction=48, cpu=cpu))
     a, b = onnx.load(str(plain)), onnx.load(str(corrected))
     layers = sum(n.op_type in ("Conv", "Gemm") for n in b.graph.node)
     assert info["bias_correction"]["layers"] == layers > 10 and info["bias_correction"]["mean_abs_shift"] > 0
@@ -220,7 +225,7 @@ def test_bias_correction_of_int8_cpu_moves_only_its_int32_biases_toward_fp32(out
     ("aarch64", [], "vnni"),  # Arm's int8 dot products accumulate in 32 bits
 ])
 def test_the_cpu_class_is_decided_by_the_cpu_alone(machine, flags, expected):
-    from compress.quantize import cpu_class
+    from compress.core.cpu import cpu_class
 
     assert cpu_class(machine, flags) == expected
 
@@ -242,14 +247,14 @@ def _conv_weights(path):
     return out
 
 
-def test_int8_cpu_for_cpus_without_vnni_has_7_bit_weights_and_says_so(tiny_onnx, data_dirs, tmp_path, monkeypatch):
-    from compress.export import metadata
+def test_int8_cpu_for_cpus_without_vnni_has_7_bit_weights_and_says_so(tiny_onnx, data_dirs, tmp_path):
+    from compress.core.onnxfile import metadata
 
     calib, evaluation = images(data_dirs["calib"]), images(data_dirs["eval"])
     files = {}
     for cpu in ("vnni", "avx2"):
         files[cpu] = tmp_path / f"{cpu}.onnx"
-        info = quantize(tiny_onnx, files[cpu], calib, TINY, "int8-cpu", "minmax", cpu=cpu)
+        info = quantize(tiny_onnx, files[cpu], calib, TINY, "int8-cpu", PTQConfig(method="minmax", cpu=cpu))
         assert info["cpu_class"] == cpu and info["weight_bits"] == (7 if cpu == "avx2" else 8)
         assert metadata(files[cpu])["compress.cpu_class"] == cpu
     seven, eight = _conv_weights(files["avx2"]), _conv_weights(files["vnni"])
@@ -260,10 +265,9 @@ def test_int8_cpu_for_cpus_without_vnni_has_7_bit_weights_and_says_so(tiny_onnx,
     pred = top5(ort.logits(files["avx2"], evaluation, TINY, as_written=False))
     assert accuracy(pred, evaluation.labels, base)["agreement"] >= 0.9
     with pytest.raises(Exception, match="unknown CPU class"):
-        quantize(tiny_onnx, tmp_path / "x.onnx", calib, TINY, "int8-cpu", "minmax", cpu="avx512")
+        quantize(tiny_onnx, tmp_path / "x.onnx", calib, TINY, "int8-cpu", PTQConfig(method="minmax", cpu="avx512"))
     # how each file runs: on a CPU without VNNI the 8-bit file needs the slow precision option, the 7-bit one not
-    backend = ort.OnnxRuntimeCPU()
-    monkeypatch.setattr("compress.quantize.this_cpu_class", lambda: "avx2")
+    backend = ort_backend.OnnxRuntimeCPU(cpu_class="avx2")
     how = {cpu: backend.runs({"precision": "int8-cpu", "path": files[cpu], "cpu_class": cpu})["latency_method"]
            for cpu in files}
     assert "x64quantprecision=1" in how["vnni"] and "x64quantprecision" not in how["avx2"]

@@ -8,9 +8,9 @@ pytest.importorskip("onnxruntime")
 
 from conftest import TINY, images  # noqa: E402
 
-from calibration import ranges  # noqa: E402
-from compress.errors import UserError  # noqa: E402
-from compress.quantize import quantize  # noqa: E402
+from compress.core.errors import UserError  # noqa: E402
+from compress.quantize import ranges
+from compress.quantize.ptq import PTQConfig, quantize  # noqa: E402
 
 
 def ort_percentile(calls, symmetric: bool, percentile: float = 99.999) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def test_non_finite_activations_are_a_clear_error():
 
 
 def test_one_pass_serves_both_formats_and_survives_a_round_trip(tiny_onnx, data_dirs, tmp_path):
-    from compress.backends import onnxruntime as ort
+    from compress.core import session as ort
 
     calib = images(data_dirs["calib"], 32)
     proto = onnx.load(str(tiny_onnx))
@@ -112,8 +112,9 @@ def test_one_pass_serves_both_formats_and_survives_a_round_trip(tiny_onnx, data_
     reference = ort.logits(tiny_onnx, ev, TINY, as_written=False).argmax(1)
     for fmt in ("int8", "int8-cpu"):
         shared, own = tmp_path / f"{fmt}-shared.onnx", tmp_path / f"{fmt}-own.onnx"
-        assert quantize(tiny_onnx, shared, calib, TINY, fmt, statistics=again, bias_correction=0)["shared_statistics"]
-        assert not quantize(tiny_onnx, own, calib, TINY, fmt, bias_correction=0)["shared_statistics"]
+        facts = quantize(tiny_onnx, shared, calib, TINY, fmt, PTQConfig(bias_correction=0), statistics=again)
+        assert facts["shared_statistics"]
+        assert not quantize(tiny_onnx, own, calib, TINY, fmt, PTQConfig(bias_correction=0))["shared_statistics"]
         a, b = onnx.load(str(shared)), onnx.load(str(own))
         assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]  # same placement
         written = fmt == "int8"
@@ -131,7 +132,8 @@ def test_the_quantizer_calibrates_on_its_own_when_a_range_is_unsettled(tiny_onnx
         raise ranges.Unsettled("the absolute percentile range of 'x' falls where values were only counted")
 
     monkeypatch.setattr(stats, "histogram", unsettled)
-    record = quantize(tiny_onnx, tmp_path / "q.onnx", calib, TINY, "int8", statistics=stats, bias_correction=0)
+    record = quantize(tiny_onnx, tmp_path / "q.onnx", calib, TINY, "int8", PTQConfig(bias_correction=0),
+                      statistics=stats)
     assert not record["shared_statistics"]
     assert "calibrating with onnxruntime's own pass" in capsys.readouterr().err
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)

@@ -19,7 +19,7 @@ def test_reference_resnet50_v1_short_run(tmp_path, capsys):
     import onnx
 
     from compress.cli import main
-    from compress.quantize import tensorrt_problems
+    from compress.quantize.tensorrt_check import tensorrt_problems
 
     out = tmp_path / "ref"
     code = main(["run", "--model", str(REFERENCE_MODEL), "--arch", "resnet50-v1",
@@ -42,7 +42,7 @@ def test_reference_resnet50_v1_short_run(tmp_path, capsys):
     # The deploy bundle of the reference run for an AGX Orin: unpack it and check it.
     import tarfile
 
-    from compress.store import sha256_file
+    from compress.core.store import sha256_file
 
     assert main(["bundle", str(out), "--target", "agx-orin", "--out", str(tmp_path)]) == 0
     archive = capsys.readouterr().out.strip()

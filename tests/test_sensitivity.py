@@ -8,21 +8,21 @@ pytest.importorskip("torch")
 
 from conftest import FAST, TINY, images, variant_rows  # noqa: E402
 
-from compress import sensitivity  # noqa: E402
-from compress.backends import onnxruntime as ort  # noqa: E402
-from compress.quantize import quantize, tensorrt_problems  # noqa: E402
+from compress.core import session as ort  # noqa: E402
+from compress.quantize import sensitivity  # noqa: E402
+from compress.quantize.ptq import PTQConfig, quantize, tensorrt_problems  # noqa: E402
 
 BAD = "/layer1/layer1.0/conv2/Conv"  # the conv whose input carries the planted outlier channel
 
 
 @pytest.fixture(scope="module")
 def planted(outlier_checkpoint, data_dirs, tmp_path_factory):
-    from compress import export
-    from compress import model as models
+    from compress.core import export
+    from compress.core import model as models
 
     d = tmp_path_factory.mktemp("planted")
     export.export(models.load("test-resnet", outlier_checkpoint), d / "fp32.onnx", 32)
-    quantize(d / "fp32.onnx", d / "int8.onnx", images(data_dirs["calib"]), TINY, "int8", "percentile")
+    quantize(d / "fp32.onnx", d / "int8.onnx", images(data_dirs["calib"]), TINY, "int8", PTQConfig(method="percentile"))
     return d / "fp32.onnx", d / "int8.onnx"
 
 
@@ -67,8 +67,8 @@ def test_a_planted_shared_activation_needs_its_whole_group(tiny_checkpoint, data
     either layer alone out of INT8 leaves the shared Q/DQ in place; only the group restores accuracy."""
     import torch
 
-    from compress import export
-    from compress import model as models
+    from compress.core import export
+    from compress.core import model as models
 
     sd = {k: v.clone() for k, v in torch.load(tiny_checkpoint, weights_only=True).items()}
     sd["bn1.weight"][0] *= 1000.0
@@ -79,7 +79,7 @@ def test_a_planted_shared_activation_needs_its_whole_group(tiny_checkpoint, data
     torch.save(sd, ckpt)
     export.export(models.load("test-resnet", ckpt), tmp_path / "fp32.onnx", 32)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    quantize(fp32, int8, images(data_dirs["calib"]), TINY, "int8", "percentile")
+    quantize(fp32, int8, images(data_dirs["calib"]), TINY, "int8", PTQConfig(method="percentile"))
     qdq, fp32_proto = onnx.load(str(int8)), onnx.load(str(fp32))
     assert SHARED in sensitivity.groups(qdq)
     ranking = sensitivity.analyse(int8, fp32, images(data_dirs["calib"], 32), TINY)["layers"]
@@ -158,6 +158,7 @@ def test_fallback_needs_a_budget(tiny_checkpoint, data_dirs, tmp_path, capsys):
     assert code == 2 and "--fallback needs an accuracy budget" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fallback_that_cannot_meet_the_budget_says_so(tiny_checkpoint, data_dirs, tmp_path, capsys):
     import json
 

@@ -27,11 +27,13 @@ def stubs(tmp_path_factory):
         pytest.skip(f"tensorrt-stubs could not be installed from the package index: {exc}")
 
 
+@pytest.mark.slow
 def test_backend_passes(stubs):
     result = run_mypy(TARGETS, stubs)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_misspelled_flag_and_method_fail(stubs, tmp_path):
     sample = tmp_path / "bad_build.py"
     sample.write_text(BAD)

@@ -10,21 +10,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from compress.backends import torch as torch_backend  # noqa: E402
-from compress.errors import UserError  # noqa: E402
+from compress.core.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_latency_on_cpu(tiny_model):
-    r = torch_backend.latency(tiny_model, 2, 32, "fp32", channels_last=True, device="cpu", warmup=1, runs=5)
+    r = torch_backend.latency(tiny_model, (2, 32), "fp32", channels_last=True, device="cpu", warmup=1, runs=5)
     assert r["device"] == "cpu" and r["batch"] == 2 and r["channels_last"]
     assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
     assert next(tiny_model.parameters()).dtype == torch.float32  # timed on a copy: the caller's model is untouched
     assert next(tiny_model.parameters()).is_contiguous()
     with pytest.raises(UserError, match="CUDA graphs need a CUDA device"):
-        torch_backend.latency(tiny_model, 1, 32, cuda_graph=True, device="cpu")
+        torch_backend.latency(tiny_model, (1, 32), cuda_graph=True, device="cpu")
     with pytest.raises(UserError, match="unknown mode"):
-        torch_backend.latency(tiny_model, 1, 32, mode="int4", device="cpu")
+        torch_backend.latency(tiny_model, (1, 32), mode="int4", device="cpu")
 
 
 @pytest.mark.slow

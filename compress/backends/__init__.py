@@ -22,6 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
+from compress.core.metrics import percentiles
+from compress.core.onnxfile import metadata, preprocess_of
+
 
 class Session(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
@@ -74,7 +77,6 @@ def latency(backend: str, variants: list[dict], rounds: int, runs: int, threads:
     a fresh process (no shared caches or memory high-water marks), so load that comes and goes hits all alike.
     Returns per variant: percentiles over all timed runs, the lowest and highest per-round median, peak memory
     (median across rounds) and throughput at `batch` (last round)."""
-    from compress.measure import percentiles
 
     per_round = max(1, -(-runs // rounds))
     raw: dict[str, list[dict]] = {v["name"]: [] for v in variants}
@@ -163,8 +165,6 @@ def _main() -> None:
     p.add_argument("--batch", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
-    from compress.export import metadata
-    from compress.rundir import preprocess_of
 
     path = Path(a.path)
     crop = preprocess_of(metadata(path), path).crop

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from compress.errors import UserError
+from compress.core.errors import UserError
 
 
 def _runtime() -> Any:

@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 from compress.backends import Backend
-from compress.engine import BuildPlan, Device
-from compress.errors import UserError
+from compress.backends import _cuda as cuda
+from compress.backends._cuda import Cuda
+from compress.core.errors import UserError
+from compress.core.store import atomic_path
+from compress.devices.engine import BuildPlan, Device
 
 
 def _trt() -> Any:
@@ -35,7 +38,6 @@ def unavailable() -> str | None:
         _trt()
     except UserError as exc:
         return f"{exc.message}; {exc.hint}" if exc.hint else exc.message
-    from compress.backends import _cuda as cuda
 
     return cuda.unavailable()
 
@@ -45,7 +47,6 @@ def version() -> str:
 
 
 def device() -> Device:
-    from compress.backends._cuda import Cuda
 
     gpu, cc = Cuda().device()
     return Device(gpu=gpu, compute_capability=cc, tensorrt=version())
@@ -104,7 +105,6 @@ def build(plan: BuildPlan, onnx_path: Path, timing_cache: Path | None = None) ->
     if serialized is None:
         raise UserError(f"TensorRT could not build {plan.engine_name}", "see the TensorRT log above")
     if cache is not None and timing_cache is not None:
-        from compress.store import atomic_path
 
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -121,7 +121,6 @@ class Runner:
     def __init__(self, engine_bytes: bytes, batch: int):
         import tensorrt as trt
 
-        from compress.backends._cuda import Cuda
 
         self.cuda = Cuda()
         before = self.cuda.mem_used()

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from compress.backends import Backend
-from compress.errors import UserError, require
+from compress.core.cpu import cpu_name
+from compress.core.errors import UserError, require
+from compress.core.metrics import percentiles
+from compress.prune import channels as prune
 
 MODES = ("fp32", "tf32", "fp16")
 
@@ -38,7 +41,6 @@ class TorchCUDA(Backend):
 
     def describe(self) -> dict:
         torch = require("torch")
-        from compress.measure import cpu_name
 
         name = torch.cuda.get_device_name() if self.device == "cuda" else cpu_name()
         return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -61,7 +63,6 @@ class _Eager:
 
     def __init__(self, path: Path, device: str, threads: int | None):
         torch = require("torch")
-        from compress import prune
 
         if threads:
             torch.set_num_threads(threads)
@@ -78,11 +79,12 @@ class _Eager:
             return out.cpu().numpy()
 
 
-def latency(model, batch: int, crop: int, mode: str = "fp32", channels_last: bool = False, cuda_graph: bool = False,
+def latency(model, size: tuple[int, int], mode: str = "fp32", channels_last: bool = False, cuda_graph: bool = False,
             device: str = "cuda", warmup: int = 20, runs: int = 100) -> dict:
-    """Forward-pass latency of `model` at `batch`; percentiles in ms, throughput in images per second."""
+    """Forward-pass latency of `model` at `size` (batch, crop); percentiles in ms, throughput in images per
+    second."""
     torch = require("torch")
-    from compress.measure import percentiles
+    batch, crop = size
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}", f"choose from {', '.join(MODES)}")

@@ -1,0 +1,50 @@
+"""The accuracy budget: how far a variant may fall from FP32 (top-1 points, agreement)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TOLERANCE = 1e-9  # accuracies are image counts over N: a drop equal to the budget must not fail by rounding
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much accuracy a variant may give up against FP32 on the same images: top-1 points and/or agreement
+    (the share of images whose top-1 equals FP32's). Empty: no budget."""
+
+    max_top1_drop: float | None = None
+    min_agreement: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.max_top1_drop is not None or self.min_agreement is not None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Budget:
+        """A budget as recorded in a report or a search (keys may be missing)."""
+        d = d if isinstance(d, dict) else {}
+        return cls(d.get("max_top1_drop"), d.get("min_agreement"))
+
+    def excess(self, top1_drop: float, agreement: float) -> float:
+        """How far over budget, in points of top-1 or of agreement (<= 0: within; exactly on it is within)."""
+        over = max(top1_drop - self.max_top1_drop if self.max_top1_drop is not None else -np.inf,
+                   100 * (self.min_agreement - agreement) if self.min_agreement is not None else -np.inf)
+        return 0.0 if abs(over) < TOLERANCE * 100 else float(over)
+
+    def over(self, r: dict) -> bool:
+        """Whether a result row (with its `top1_delta` against FP32) breaks the budget."""
+        if r.get("top1_delta") is None or not self:
+            return False
+        return self.excess(-r["top1_delta"], r["agreement"]) > 0
+
+    def text(self) -> str:
+        parts = []
+        if self.max_top1_drop is not None:
+            parts.append(f"top-1 at most {self.max_top1_drop} points below FP32")
+        if self.min_agreement is not None:
+            parts.append(f"agreement at least {100 * self.min_agreement:.1f}%")
+        return ", ".join(parts)
+
+
+DEFAULT_BUDGET = 1.0  # top-1 points: what a recommendation may give up when the run set no budget

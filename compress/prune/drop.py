@@ -1,0 +1,109 @@
+"""Block dropping (dN): remove whole identity-shortcut blocks, then re-fit the blocks after them."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+
+from compress.core.errors import UserError, require
+from compress.prune import channels as prune
+from compress.prune.allocate import blocks
+from compress.prune.config import DEFAULT, ReconstructConfig
+from compress.prune.reconstruct import fit_block
+from compress.prune.refine import Schedule, pass_seconds
+from compress.prune.stream import chunked, head, stem
+
+
+def droppable(model) -> list[int]:
+    """Indices (in `blocks`) of the blocks whose shortcut is the identity: the network still fits without them."""
+    return [i for i, b in enumerate(blocks(model)) if b.downsample is None]
+
+
+def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) -> dict[int, float]:
+    """Per droppable block not in `gone`, how much the network's output moves when it is dropped too (nothing
+    re-fitted): KL(FP32 || dropped) of the softmax outputs, mean over `images`."""
+    torch = require("torch")
+    F = torch.nn.functional
+    t = teacher.eval()
+    bs = blocks(t)
+    out = {}
+    with torch.no_grad():
+        x = stem(t, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        h = x
+        for b in bs:
+            h = chunked(b, h, chunk)
+        reference = F.log_softmax(head(t, h), 1)
+        h, inputs = x, []
+        for i, b in enumerate(bs):  # the inputs of each block with `gone` already dropped
+            inputs.append(h)
+            h = h if i in gone else chunked(b, h, chunk)
+        for i in droppable(t):
+            if i in gone:
+                continue
+            h = inputs[i]
+            for j in range(i + 1, len(bs)):
+                h = h if j in gone else chunked(bs[j], h, chunk)
+            dropped = F.log_softmax(head(t, h), 1)
+            out[i] = float(F.kl_div(dropped, reference, log_target=True, reduction="batchmean"))
+    return out
+
+
+def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAULT,
+         seconds: float | None = None, greedy: bool = True, progress: bool = True) -> tuple[object, dict]:
+    """A copy of `teacher` without `n` identity-shortcut blocks, chosen greedily: each time the one whose drop moves
+    the output least with those already chosen gone (`drop_sensitivities` on `config.sensitivity_images` of `images`;
+    `greedy=False`: the n least sensitive alone, measured once).
+    Then every block after the first one dropped is re-fitted on `images` as `reconstruct` does, at full width:
+    from the dropped network's own inputs to the FP32 activations, so each block's conv3 makes up what the blocks
+    before it no longer add; each then refined as `reconstruct` refines (`config.refine_epochs`, `seconds`). Returns the
+    model and what was done."""
+    torch = require("torch")
+    from torchvision.models.resnet import Bottleneck
+    from tqdm import tqdm
+
+    chunk, sensitivity_images, refine_epochs = config.chunk, config.sensitivity_images, config.refine_epochs
+    started = time.perf_counter()
+    teacher = teacher.eval()
+    candidates = droppable(teacher)
+    if not 0 < n <= len(candidates):
+        raise UserError(f"d{n}: this model has {len(candidates)} blocks that can be dropped",
+                        f"ask for d1..d{len(candidates)}")
+    probe, gone, chosen = images.sample(sensitivity_images), [], []
+    for _ in range(n if greedy else 1):  # each block's cost measured with those already chosen gone
+        sens = drop_sensitivities(teacher, probe, preprocess, gone, chunk)
+        gone += sorted(sens, key=sens.__getitem__)[: 1 if greedy else n]
+        chosen.append(sens)
+    gone.sort()
+    student = copy.deepcopy(teacher)
+    names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
+    gen = torch.Generator().manual_seed(0)
+    tbs = blocks(teacher)
+    refit = [i for i in range(len(tbs)) if i > gone[0] and i not in gone]  # before the first drop: nothing to make up
+    refitted = [tbs[i] for i in refit]
+    whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
+    schedule = Schedule(refine_epochs, None if seconds is None or not refine_epochs else
+                        pass_seconds(teacher, whole, preprocess.crop, len(images), config.refine_batch, refitted),
+                        seconds, started, config.reserve)
+    with torch.no_grad():
+        x_fp = stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        x_pr = x_fp
+        pairs = list(enumerate(zip(tbs, blocks(student))))
+        bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
+        for i, (tb, sb) in bar:
+            if i not in refit:  # dropped, or before the first drop
+                x_fp = chunked(tb, x_fp, chunk)
+                x_pr = x_pr if i in gone else x_fp
+                continue
+            schedule.begin()
+            kept = (tb.conv1.out_channels, tb.conv2.out_channels)
+            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, gen, config, schedule.passes)
+            schedule.end()
+            bar.set_postfix(passes=schedule.given[-1])
+    prune.drop_blocks(student, [names[i] for i in gone])
+    facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
+             "blocks_dropped": [names[i] for i in gone], "images": len(images),
+             "refine_epochs": refine_epochs, "refine_passes": schedule.given,
+             "sensitivity": {"images": min(sensitivity_images, len(images)),
+                             "kl": [{names[i]: round(k, 5) for i, k in step.items()} for step in chosen]}}
+    return student.eval(), facts

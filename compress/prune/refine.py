@@ -1,0 +1,141 @@
+"""The refinement: Adam on a whole block toward the FP32 block's output after its closed-form fit, and how many
+passes each block gets."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+
+from compress.core.errors import UserError, require
+from compress.prune.allocate import blocks
+from compress.prune.config import ReconstructConfig
+from compress.prune.lstsq import identity_bn
+from compress.prune.stream import chunked, gather
+
+
+def convs(tb, k1: int, k2: int) -> tuple:
+    """conv1, conv2 and conv3 of block `tb` with (k1, k2) inner channels, without bias (BatchNorm adds it)."""
+    torch = require("torch")
+    return (torch.nn.Conv2d(tb.conv1.in_channels, k1, 1, tb.conv1.stride, bias=False),
+            torch.nn.Conv2d(k1, k2, 3, tb.conv2.stride, tb.conv2.padding, bias=False),
+            torch.nn.Conv2d(k2, tb.conv3.out_channels, 1, bias=False))
+
+
+def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructConfig, mix: tuple | None = None):
+    """Adam on all of `block`'s weights toward `target` (the FP32 block's output) from `x` (the pruned network's
+    input to it), `epochs` passes over the images under a cosine decay (batches of `config.refine_batch`). The
+    closed-form fits hold conv1 and conv2 to FP32's kept channels; here they may move to whatever serves the
+    block's output. Kept only if the error on these images went down (a step size too large for a block makes it
+    worse, never the model). Returns the block's outputs on `x`, as `chunked` keeps them. `mix` (x_fp, p): each
+    input element taken from the FP32 network's input `x_fp` with probability p (QDrop's regulariser; a study)."""
+    torch = require("torch")
+    chunk, batch = config.chunk, config.refine_batch
+
+    def outputs():  # the block's outputs and their squared error to `target`, in one pass
+        error = 0.0
+
+        def f(i):
+            nonlocal error
+            y = block(x[i:i + chunk].float())
+            error += float((y - target[i:i + chunk].float()).pow(2).sum())
+            return y
+
+        return gather(f, len(x), chunk), error
+
+    before, saved = outputs()[1], copy.deepcopy(block.state_dict())
+    batch = min(batch, len(x))
+    steps = epochs * (len(x) // batch)
+    with torch.enable_grad():
+        opt = torch.optim.Adam(block.parameters(), lr=lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x) - batch + 1, batch):
+                idx = order[i:i + batch]
+                xi = x[idx].float()
+                if mix is not None:
+                    xi = torch.where(torch.rand(xi.shape, generator=gen) < mix[1], mix[0][idx].float(), xi)
+                loss = (block(xi) - target[idx].float()).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                schedule.step()
+    try:
+        out, after = outputs()
+    except UserError:  # outputs beyond float16's range (`half`): the step diverged
+        out, after = None, math.inf
+    if after < before:
+        return out
+    block.load_state_dict(saved)
+    return chunked(block, x, chunk)
+
+
+class Schedule:
+    """How many refinement passes each block gets, at most `most`: with a time limit (`seconds` from `started`),
+    as many as fit in what is left once the later blocks' fits (as long as the fits so far, on average) and as
+    many passes of theirs are counted. A pass's cost is `costs` (`pass_seconds`, one per block) scaled by what the
+    refined blocks actually took, so a probe that misjudges this machine is corrected as the blocks go."""
+
+    def __init__(self, most: int, costs: list[float] | None = None, seconds: float | None = None,
+                 started: float = 0.0, reserve: float = 0.02, clock: Callable[[], float] = time.perf_counter):
+        self.most, self.costs, self.clock = most, costs or [], clock
+        # a reserve of the time for what the estimates miss: the last block has no later one to absorb it (p30 on
+        # the reference model ended 0.1 min past 45 without it)
+        self.deadline = None if seconds is None or costs is None else started + (1 - reserve) * seconds
+        self.fits: list[float] = []
+        self.given: list[int] = []
+        self.taken, self.expected = 0.0, 0.0
+
+    def begin(self) -> None:
+        self.t0 = self.clock()
+
+    def passes(self) -> int:
+        """The next block's passes, asked once its fit is done."""
+        now, i = self.clock(), len(self.given)
+        self.fits.append(now - self.t0)
+        n = self.most
+        if self.deadline is not None:
+            later_fits = sum(self.fits) / len(self.fits) * (len(self.costs) - i - 1)
+            scale = self.taken / self.expected if self.expected else 1.0
+            # n + 1 passes' time a block: the refinement runs the block over the images twice more to measure it
+            n = min(n, int((self.deadline - now - later_fits) / (scale * sum(self.costs[i:]))) - 1)
+        self.t1 = now
+        self.given.append(max(n, 0))
+        return self.given[-1]
+
+    def end(self) -> None:
+        n = self.given[-1]
+        if n and self.deadline is not None:
+            self.taken += self.clock() - self.t1
+            self.expected += (n + 1) * self.costs[len(self.given) - 1]
+
+
+def pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, batch: int = 16,
+                 bs: list | None = None) -> list[float]:
+    """Seconds one refinement pass over `n` images takes for each block (`bs`, by default all of them) once pruned
+    to `counts`, from one timed Adam step on random inputs of its shape (after one untimed)."""
+    torch = require("torch")
+    shapes: dict = {}
+    bs = blocks(teacher) if bs is None else bs
+    hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
+    with torch.no_grad():
+        teacher.eval()(torch.zeros(1, 3, crop, crop))
+    for h in hooks:
+        h.remove()
+    costs = []
+    for b, (k1, k2) in zip(bs, counts):
+        block = copy.deepcopy(b).eval()  # as `refine` trains it: BatchNorm folded, its statistics fixed
+        block.conv1, block.conv2, block.conv3 = convs(b, k1, k2)
+        block.bn1, block.bn2 = identity_bn(torch.zeros(k1)), identity_bn(torch.zeros(k2))
+        opt = torch.optim.Adam(block.parameters())
+        x = torch.randn(batch, *shapes[b])
+        with torch.enable_grad():
+            for _ in range(2):
+                t = time.perf_counter()
+                block(x).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+        costs.append((time.perf_counter() - t) * (n // batch))
+    return costs
