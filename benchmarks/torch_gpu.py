@@ -23,7 +23,7 @@ def variants(arch: str, checkpoint: str | None, prune_ratio: float, crop: int):
     from compress.core import model as models
     from compress.prune import channels as prune
 
-    net = models.load(arch, checkpoint) if checkpoint else models.build(arch, 1000).eval()
+    net = models.load(arch, checkpoint) if checkpoint else models.create(arch, 1000).eval()
     out = {"fp32": net}
     if prune_ratio:
         pruned = copy.deepcopy(net)

@@ -205,8 +205,10 @@ def load(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: str | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    max_pixels: int = MAX_PIXELS,
 ) -> ImageSet:
-    """Decode (or reuse from the cache) up to `limit` images of a folder, leaving out the names in `exclude`."""
+    """Decode (or reuse from the cache) up to `limit` images of a folder, leaving out the names in `exclude` and
+    refusing images over `max_pixels` decoded pixels."""
     from PIL import Image
 
     root = Path(root)
@@ -214,8 +216,10 @@ def load(
     present = [(rel, idx) for rel, idx in items if (root / rel).is_file()]
     missing = [rel for rel, _ in items if not (root / rel).is_file()]
     hashes = [sha256_file(root / rel) for rel, _ in present]
-    key = sha256_json({"files": [[rel, idx, h] for (rel, idx), h in zip(present, hashes)],
-                       "preprocess": preprocess.to_dict()})[:16]
+    what = {"files": [[rel, idx, h] for (rel, idx), h in zip(present, hashes)], "preprocess": preprocess.to_dict()}
+    if max_pixels != MAX_PIXELS:  # another bound may skip other images (the default keeps the keys it always had)
+        what["max_pixels"] = max_pixels
+    key = sha256_json(what)[:16]
     cache = Path(cache_dir) / f"images-{key}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         cached = _read_cache(cache, root, key)
@@ -231,7 +235,7 @@ def load(
     for (rel, idx), h in iterator:
         try:
             with Image.open(root / rel) as im:
-                if im.width * im.height > MAX_PIXELS:
+                if im.width * im.height > max_pixels:
                     raise Unsupported(f"{im.width}x{im.height} pixels")
                 pixels.append(preprocess.transform(im))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -113,7 +113,7 @@ def train_tiny(data_dir: Path, steps: int = 120, seed: int = 0):
     images = calibration.load(data_dir, TINY)
     x = torch.from_numpy(TINY.normalize(images.pixels))
     y = torch.from_numpy(images.labels)
-    net = models.build("test-resnet", CLASSES)
+    net = models.create("test-resnet", CLASSES)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     net.train()

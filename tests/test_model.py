@@ -8,7 +8,7 @@ from compress.core.errors import UserError  # noqa: E402
 
 @pytest.fixture()
 def state_dict():
-    return models.build("test-resnet", 4).state_dict()
+    return models.create("test-resnet", 4).state_dict()
 
 
 @pytest.mark.parametrize("wrap", [
@@ -53,7 +53,7 @@ def test_wrong_architecture_is_a_clear_error(tmp_path, state_dict):
     with pytest.raises(UserError, match="does not fit --arch resnet50"):
         models.load("resnet50", path)
     with pytest.raises(UserError, match="unknown architecture"):
-        models.build("resnet51")
+        models.create("resnet51")
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -66,7 +66,7 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_resnet50_v1_moves_the_stride_to_conv1():
-    v1, v15 = models.build("resnet50-v1"), models.build("resnet50")
+    v1, v15 = models.create("resnet50-v1"), models.create("resnet50")
     for name in ("layer2", "layer3", "layer4"):
         assert getattr(v1, name)[0].conv1.stride == (2, 2) and getattr(v1, name)[0].conv2.stride == (1, 1)
         assert getattr(v15, name)[0].conv1.stride == (1, 1) and getattr(v15, name)[0].conv2.stride == (2, 2)

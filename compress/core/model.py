@@ -69,7 +69,7 @@ def _test_resnet(num_classes: int):
 _BUILDERS: dict[str, Callable] = {"resnet50": _resnet50, "resnet50-v1": _resnet50_v1, "test-resnet": _test_resnet}
 
 
-def build(arch: str, num_classes: int = 1000):
+def create(arch: str, num_classes: int = 1000):
     if arch not in _BUILDERS:
         raise UserError(f"unknown architecture {arch!r}", f"choose one of: {', '.join(ARCHS)}")
     return _BUILDERS[arch](num_classes)
@@ -112,9 +112,9 @@ def num_classes_of(state_dict: dict) -> int:
 
 
 def load(arch: str, path: str | os.PathLike[str]):
-    """Build `arch` and load the checkpoint into it strictly; a mismatch names the first differing keys."""
+    """Create `arch` and load the checkpoint into it strictly; a mismatch names the first differing keys."""
     state_dict = load_state_dict(path)
-    model = build(arch, num_classes_of(state_dict))
+    model = create(arch, num_classes_of(state_dict))
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -14,8 +14,9 @@ from compress.core.store import read_json, sha256_file, sha256_json, write_json
 RECORD = "stage.json"
 
 
-def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path], dict]) -> tuple[dict, bool]:
-    """Reuse `directory` if its record matches `key` and its outputs are intact; else run `build(directory)`."""
+def stage(directory: Path, key: dict, outputs: list[str], fill: Callable[[Path], dict]) -> tuple[dict, bool]:
+    """Reuse `directory` if its record matches `key` and its outputs are intact; else run `fill(directory)`, which
+    writes the outputs there and returns the facts for the record."""
     record_path = directory / RECORD
     digest = sha256_json(key)
     record = read_record(record_path)
@@ -27,7 +28,7 @@ def stage(directory: Path, key: dict, outputs: list[str], build: Callable[[Path]
     record_path.unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    facts = build(directory)
+    facts = fill(directory)
     record = {"key": digest, "inputs": key, **facts, "seconds": round(time.perf_counter() - started, 2),
               "sha256": {o: sha256_file(directory / o) for o in outputs}}
     write_json(record_path, record)

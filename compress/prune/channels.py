@@ -253,7 +253,7 @@ def from_record(record: dict, path: str | Path):
     from torchvision.models.resnet import Bottleneck
 
 
-    net = models.build(record["arch"], record["num_classes"])
+    net = models.create(record["arch"], record["num_classes"])
     sd = record["state_dict"]
     nn = torch.nn
     drop_blocks(net, [name for name, m in net.named_modules()  # a block without weights was dropped (dN)

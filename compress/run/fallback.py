@@ -71,7 +71,7 @@ def fallback(ctx: Context, v: Variant, base_top1: float, base_pred: np.ndarray) 
     ranking = [e.get("layers", [e["layer"]]) for e in read_json(sens)["layers"]]
     mixed = parse_variant(f"{v.name}-mixed")
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         facts = sensitivity.fallback((run.onnx(v.name), run.onnx(parent)), d, ranking, evaluation, ctx.pre,
                                      (base_top1, base_pred), s.budget, q.max_fallback_layers)
         write_json(d / "search.json", facts)
@@ -81,7 +81,7 @@ def fallback(ctx: Context, v: Variant, base_top1: float, base_pred: np.ndarray) 
 
     key = {"qdq": key["qdq"], "ranking": ranking, "budget": s.budget.__dict__, "max": q.max_fallback_layers,
            "images": evaluation.key, "compress": __version__}
-    record, reused = stage(run.variant_dir(mixed.name), key, ["search.json"], build)
+    record, reused = stage(run.variant_dir(mixed.name), key, ["search.json"], fill)
     if record["fallback"]["kept"] is None:
         ctx.warn(f"{v.name}: no mix of up to {q.max_fallback_layers} most sensitive layer groups kept out of "
                  f"INT8 meets the budget (tried {tried_text(record['fallback']['tried'])})")

@@ -26,7 +26,7 @@ def export(ctx: Context, v: Variant) -> None:
     if s.is_onnx_model:  # weights kept beside the model are inputs too
         key["external"] = {p.name: sha256_file(p) for p in exporter.external_files(s.model)}
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         meta = ctx.meta(v, **{"compress.source": Path(s.model).name})
         if s.is_onnx_model:
             return {"source": "onnx", "parity": None, **exporter.adopt(s.model, d / "model.onnx", meta, pre)}
@@ -37,7 +37,7 @@ def export(ctx: Context, v: Variant) -> None:
                 "parity": exporter.parity(net, d / "model.onnx", ctx.sample), **count(net, pre.crop)}
 
     outputs = ["model.onnx"] if s.is_onnx_model else ["model.onnx", "model.pt"]
-    ctx.record(v, *stage(ctx.run_dir.variant_dir("fp32"), key, outputs, build))
+    ctx.record(v, *stage(ctx.run_dir.variant_dir("fp32"), key, outputs, fill))
 
 
 def statistics(ctx: Context, parent: str):
@@ -49,14 +49,14 @@ def statistics(ctx: Context, parent: str):
     key = {"model": ctx.digest(parent), "images": images.key, "format": 2}
     directory = ctx.run_dir.cache / f"statistics-{sha256_json(key)[:16]}"
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         onnx = require("onnx")
         tensors = ranges.tensors_to_calibrate(onnx.load(str(ctx.run_dir.onnx(parent))), None)
         stats = ranges.collect(ctx.run_dir.onnx(parent), images, ctx.pre, tensors, progress=f"calibrate {parent}")
         stats.save(d / "statistics.npz")
         return {"tensors": len(tensors), "images": stats.images}
 
-    record, reused = stage(directory, key, ["statistics.npz"], build)
+    record, reused = stage(directory, key, ["statistics.npz"], fill)
     if not reused:
         log(f"{parent}: activation statistics on {len(images)} images in {record['seconds']} s")
     return ranges.Statistics.load(directory / "statistics.npz")
@@ -72,13 +72,13 @@ def quantize_variant(ctx: Context, v: Variant) -> None:
         key["cpu_class"], key["float_output"] = ctx.cpu_class, list(FLOAT_OUTPUT)
         key["int32_bias_correction"] = True  # files made before the correction reached int8-cpu are redone
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         facts = quantize(ctx.run_dir.onnx(parent), d / "model.onnx", ctx.calib, ctx.pre, v.precision,
                          PTQConfig(method=q.calibration, bias_correction=q.bias_correction, cpu=ctx.cpu_class),
                          statistics=statistics(ctx, parent))
         return {"quantization": facts}
 
-    ctx.record(v, *stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx"], build))
+    ctx.record(v, *stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx"], fill))
 
 
 def warn_cpu_class(ctx: Context) -> None:

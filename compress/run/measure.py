@@ -59,7 +59,7 @@ def accuracy(ctx: Context, backend, v: Variant, info: dict) -> np.ndarray:
     if backend.name.startswith("torch"):
         key["torch_model"] = ctx.records[v.name]["sha256"].get("model.pt")
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         session = backend.open(info, for_accuracy=True)
         out = []
         with tqdm(total=len(evaluation), desc=f"evaluate {v.name} on {backend.name}", unit="img",
@@ -79,7 +79,7 @@ def accuracy(ctx: Context, backend, v: Variant, info: dict) -> np.ndarray:
         return {}
 
     directory = ctx.run_dir.result_dir(backend.name, v.name)
-    _, reused = stage(directory, key, ["top5.npy"], build)
+    _, reused = stage(directory, key, ["top5.npy"], fill)
     log(f"{v.name}: accuracy on {backend.name} {'reused' if reused else 'measured'}")
     return np.load(directory / "top5.npy", allow_pickle=False)
 
@@ -91,7 +91,7 @@ def latency(ctx: Context, backend, files: list[dict]) -> dict[str, dict]:
            "runs": m.latency_runs, "rounds": m.rounds, "batch": m.throughput_batch, "threads": m.threads,
            "compress": __version__}
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         with tqdm(total=m.rounds * len(files), desc=f"latency on {backend.name}", unit="probe", file=sys.stderr,
                   leave=False) as bar:
             timing = backends.latency(backend.name, files, m.rounds, m.latency_runs, m.threads,
@@ -100,7 +100,7 @@ def latency(ctx: Context, backend, files: list[dict]) -> dict[str, dict]:
         return {}
 
     directory = ctx.run_dir.root / "results" / backend.name / "latency"
-    record, reused = stage(directory, key, ["latency.json"], build)
+    record, reused = stage(directory, key, ["latency.json"], fill)
     log(f"latency on {backend.name}: " + ("reused" if reused else f"measured in {record['seconds']} s"))
     return read_json(directory / "latency.json")
 

@@ -90,7 +90,7 @@ def prune_variant(ctx: Context, v: Variant) -> None:
            "recovery_images": recovery.key, "compress": __version__, "revision": reconstruct.REVISION}
     work = ctx.run_dir.cache / f"recover-{v.name}-{sha256_json(key)[:16]}"
 
-    def build(d: Path) -> dict:
+    def fill(d: Path) -> dict:
         started = time.perf_counter()
         net, facts, steps = pruned(ctx, v, work / "pruned.pt", started + 60 * p.recovery_minutes)
         epochs = distill_epochs(ctx, v, (net, facts), work / "plan.json", time.perf_counter() - started)
@@ -108,7 +108,7 @@ def prune_variant(ctx: Context, v: Variant) -> None:
         return {"source": "torch", "prune": facts, "recovery": steps or ["none"], "params": facts["params"],
                 "macs": facts["macs"], "parity": exporter.parity(net, d / "model.onnx", ctx.sample)}
 
-    ctx.record(v, *stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], build))
+    ctx.record(v, *stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], fill))
     if work.exists():  # the variant is finished: its recovery's intermediate files are not needed
         shutil.rmtree(work, ignore_errors=True)
 
