@@ -340,8 +340,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"\nreport: {Path(spec.out) / 'report.html'}")
     over = over_budget(data, spec.budget)
     if over:
-        listed = ", ".join(f"{name} (top-1 -{drop:.2f} points, agreement {100 * agree:.1f}%)"
-                           for name, drop, agree in over)
+        listed = "; ".join(f"{name} ({spec.budget.broken(drop, agree)})" for name, drop, agree in over)
         print(f"accuracy budget exceeded by: {listed}", file=sys.stderr)
         return EXIT_BUDGET
     return 0

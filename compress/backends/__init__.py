@@ -75,8 +75,8 @@ def latency(backend: str, variants: list[dict], rounds: int, runs: int, threads:
             warmup: int = 5, progress=None) -> dict[str, dict]:
     """Batch-1 latency of every variant, taken in `rounds` rounds; each round runs every variant in turn, each in
     a fresh process (no shared caches or memory high-water marks), so load that comes and goes hits all alike.
-    Returns per variant: percentiles over all timed runs, the lowest and highest per-round median, peak memory
-    (median across rounds) and throughput at `batch` (last round)."""
+    Returns per variant: percentiles over all timed runs, each round's median (the speedup's paired ratios) and
+    the lowest and highest of them, peak memory (median across rounds) and throughput at `batch` (last round)."""
 
     per_round = max(1, -(-runs // rounds))
     raw: dict[str, list[dict]] = {v["name"]: [] for v in variants}
@@ -91,6 +91,7 @@ def latency(backend: str, variants: list[dict], rounds: int, runs: int, threads:
         medians = [float(np.median(p["times_ms"])) for p in probes]
         out[name] = {
             "latency_ms": percentiles(times), "latency_spread_ms": [min(medians), max(medians)],
+            "round_p50_ms": medians,
             "rounds": rounds, "latency_runs": len(times),
             "peak_rss_bytes": int(np.median([p["peak_rss_bytes"] for p in probes])),
             "baseline_rss_bytes": int(np.median([p["baseline_rss_bytes"] for p in probes])),

@@ -56,8 +56,8 @@ class OnnxRuntimeCPU(Backend):
         kernels = f"onnxruntime CPU kernels, all optimisations{guard}"
         as_written = variant["precision"] == "int8"  # TensorRT-bound Q/DQ: DQ -> float op -> Q, TensorRT's arithmetic
         return {"precision": "int8" if variant["precision"].startswith("int8") else "fp32", "file": variant["path"],
-                "accuracy_method": ("Q/DQ executed as written (graph optimisations off), TensorRT's arithmetic"
-                                    if as_written else kernels),
+                "accuracy_method": ("its Q/DQ graph executed by onnxruntime as written (graph optimisations off): "
+                                    "the arithmetic TensorRT runs; no engine built here" if as_written else kernels),
                 "latency_method": f"{kernels}; perf_counter around InferenceSession.run, input in host memory"}
 
     def open(self, variant: dict, for_accuracy: bool, threads: int | None = None) -> Session:

@@ -33,7 +33,9 @@ class Result:
     flips_to_wrong: int | None = None
     flips_to_right: int | None = None
     latency_spread_ms: list | None = None  # [lowest, highest] p50 across rounds
+    round_p50_ms: list | None = None  # each round's median, in round order: the speedup's paired ratios
     rounds: int | None = None
+    timed_runs: int | None = None  # batch-1 runs behind the percentiles, over all rounds
     batch_size: int = 1
     throughput_ips: float | None = None
     throughput_batch: int | None = None
@@ -51,9 +53,12 @@ class Result:
     build: dict = field(default_factory=dict)  # how the variant was made (parity, quantization, pruning)
     fallback: dict | None = None
     extra: dict = field(default_factory=dict)  # backend-specific: CUDA-graph latency, copies, engine memory
-    # derived against FP32 (report.derive)
+    # derived against FP32 (report.derive); intervals are 95% (report.intervals)
     top1_delta: float | None = None
-    speedup: float | None = None
+    top1_delta_ci: list | None = None  # points, paired (Newcombe)
+    agreement_ci: list | None = None  # fraction (Wilson)
+    speedup: float | None = None  # geometric mean of per-round paired ratios (pooled p50s without rounds)
+    speedup_ci: list | None = None  # Student's t on the log ratios
     size_ratio: float | None = None
     pareto: bool = False
 
@@ -87,11 +92,16 @@ class Result:
 
 
 CSV_SKIP = ("accuracy_method", "latency_method", "build", "fallback", "extra", "recovery", "latency_ms",
-            "latency_spread_ms")
+            "latency_spread_ms", "round_p50_ms", "top1_delta_ci", "agreement_ci", "speedup_ci")
+CSV_INTERVALS = ("top1_delta", "agreement", "speedup")  # each followed by its _low and _high column
 
 
 def csv_fields() -> list[str]:
     """The CSV columns: every scalar field of `Result`, latencies flattened."""
     names = [f.name for f in dataclasses.fields(Result) if f.name not in CSV_SKIP]
     at = names.index("batch_size")
-    return names[:at] + ["p50_ms", "p90_ms", "p99_ms", "p50_low_ms", "p50_high_ms"] + names[at:]
+    names = names[:at] + ["p50_ms", "p90_ms", "p99_ms", "p50_low_ms", "p50_high_ms"] + names[at:]
+    for name in CSV_INTERVALS:
+        at = names.index(name) + 1
+        names[at:at] = [f"{name}_low", f"{name}_high"]
+    return names

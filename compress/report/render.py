@@ -8,8 +8,8 @@ import html
 import io
 
 from compress.core.budget import Budget
-from compress.core.result import csv_fields
-from compress.report.data import MEMORY_PLOT, PLOT, backends_of, label, on_target, sensitivity_plot
+from compress.core.result import CSV_INTERVALS, csv_fields
+from compress.report.data import MEMORY_PLOT, PLOT, backends_of, faster, label, on_target, sensitivity_plot
 from compress.report.recommend import recommendation_lines
 
 
@@ -19,21 +19,51 @@ def latency_text(r: dict) -> str:
     return f"{p50:.2f} ({spread[0]:.2f}–{spread[1]:.2f})" if spread else f"{p50:.2f}"
 
 
+def _range(ci, fmt: str, sep: str = "–") -> str:
+    return f" ({fmt.format(ci[0])}{sep}{fmt.format(ci[1])})" if ci else ""
+
+
+def delta_text(r: dict) -> str:
+    """Top-1 against FP32, points, with its 95% interval."""
+    return f"{r['top1_delta']:+.2f}" + _range(r.get("top1_delta_ci"), "{:+.1f}", " to ")
+
+
+def change_cell(r: dict) -> str:
+    """The first screen's top-1 change: a plain word when the interval holds zero."""
+    ci = r.get("top1_delta_ci")
+    if r["variant"] == "fp32" and r["backend"] == "onnxruntime-cpu":
+        return "—"
+    if ci and ci[0] <= 0 <= ci[1]:
+        return "no measurable change"
+    return delta_text(r)
+
+
+def speedup_text(r: dict) -> str:
+    return f"{r['speedup']:.2f}x" + _range(r.get("speedup_ci"), "{:.2f}")
+
+
+def target_text(r: dict) -> str:
+    return r["target"] if on_target(r) else f"{r['target']} (not its runtime)"
+
+
 # Every cell the tables can show, by column title.
 CELLS = {
     "variant": label,
     "runtime": lambda r: r["backend"],
-    "for": lambda r: r["target"],
+    "for": target_text,
     "top-1 %": lambda r: f"{100 * r['top1']:.2f}",
-    "Δ pts": lambda r: f"{r['top1_delta']:+.2f}",
+    "Δ pts (95%)": delta_text,
+    "top-1 vs FP32": change_cell,
     "top-5 %": lambda r: f"{100 * r['top5']:.2f}",
-    "agree %": lambda r: f"{100 * r['agreement']:.1f}",
+    "agree % (95%)": lambda r: f"{100 * r['agreement']:.1f}" + _range(
+        [100 * x for x in r["agreement_ci"]] if r.get("agreement_ci") else None, "{:.1f}"),
     "flips": lambda r: f"{r['flips']}",
     "flips (→wrong/→right)": lambda r: f"{r['flips']} ({r['flips_to_wrong']}/{r['flips_to_right']})",
     "p50 ms (round spread)": latency_text,
     "p90 ms": lambda r: f"{r['latency_ms']['p90']:.2f}",
     "p99 ms": lambda r: f"{r['latency_ms']['p99']:.2f}",
-    "speedup": lambda r: f"{r['speedup']:.2f}x",
+    "speedup (95%)": speedup_text,
+    "p50 ms": lambda r: f"{r['latency_ms']['p50']:.1f}",
     "img/s": lambda r: f"{r['throughput_ips']:.1f} @b{r['throughput_batch']}",
     "params M": lambda r: f"{r['params'] / 1e6:.2f}",
     "GMACs": lambda r: f"{r['macs'] / 1e9:.2f}",
@@ -43,26 +73,26 @@ CELLS = {
     "front": lambda r: "★" if r["pareto"] else "",
 }
 # The first screen: what a user compares. Every figure is in COLUMNS, the CSV and the JSON.
-SUMMARY = [(c, CELLS[c]) for c in ("variant", "runtime", "for", "top-1 %", "Δ pts", "agree %", "flips",
-                                   "p50 ms (round spread)", "speedup", "file MB", "front")]
-COLUMNS = [(c, CELLS[c]) for c in ("variant", "runtime", "for", "top-1 %", "Δ pts", "top-5 %", "agree %",
-                                   "flips (→wrong/→right)", "p50 ms (round spread)", "p90 ms", "p99 ms", "speedup",
-                                   "img/s", "params M", "GMACs", "recovery", "file MB", "peak RSS MB", "front")]
+SUMMARY = [(c, CELLS[c]) for c in ("variant", "runtime", "top-1 %", "top-1 vs FP32", "agree % (95%)", "flips",
+                                   "p50 ms", "speedup (95%)", "file MB", "front")]
+COLUMNS = [(c, CELLS[c]) for c in ("variant", "runtime", "for", "top-1 %", "Δ pts (95%)", "top-5 %", "agree % (95%)",
+                                   "flips (→wrong/→right)", "p50 ms (round spread)", "p90 ms", "p99 ms",
+                                   "speedup (95%)", "img/s", "params M", "GMACs", "recovery", "file MB",
+                                   "peak RSS MB", "front")]
 
 
 def spread_warnings(data: dict) -> list[str]:
-    """Where two variants of a runtime are closer in p50 than their round-to-round spread, their order is noise."""
+    """Where two variants of a runtime are not apart in latency beyond the noise (`data.faster`), their order is not
+    settled."""
     out = []
     for backend in backends_of(data["results"]):
         mine = sorted((r for r in data["results"] if r["backend"] == backend and r.get("latency_spread_ms")),
                       key=lambda r: r["latency_ms"]["p50"])
         for a, b in zip(mine, mine[1:]):
-            gap = b["latency_ms"]["p50"] - a["latency_ms"]["p50"]
-            spread = max(a["latency_spread_ms"][1] - a["latency_spread_ms"][0],
-                         b["latency_spread_ms"][1] - b["latency_spread_ms"][0])
-            if gap < spread:
-                out.append(f"{backend}: {label(a)} and {label(b)} differ by {gap:.2f} ms at p50, less than the "
-                           f"round-to-round spread ({spread:.2f} ms): their latency order is not settled")
+            if not faster(a, b):
+                gap = b["latency_ms"]["p50"] - a["latency_ms"]["p50"]
+                out.append(f"{backend}: {label(a)} and {label(b)} differ by {gap:.2f} ms at p50, within the noise of "
+                           "their rounds: their latency order is not settled")
     return out
 
 
@@ -82,8 +112,13 @@ def _cell(f, r: dict) -> str:
         return "—"
 
 
+def shown(data: dict, columns) -> list[dict]:
+    """The rows a table shows: the first screen only files on the runtime they are made for, the full table all."""
+    return [r for r in data["results"] if columns is not SUMMARY or on_target(r)]
+
+
 def rows(data: dict, columns=COLUMNS) -> list[list[str]]:
-    return [[_cell(f, r) for _, f in columns] for r in data["results"]]
+    return [[_cell(f, r) for _, f in columns] for r in shown(data, columns)]
 
 
 def _table(data: dict, columns) -> list[str]:
@@ -107,7 +142,13 @@ def notes(data: dict) -> list[str]:
     """How each number was taken, the fallback's choices, what was not measured: one line each."""
     lines = ["Δ is in top-1 points against FP32 on the same images; agreement is the share of images whose top-1 "
              "class equals FP32's; flips counts the images where it differs (→wrong: FP32 was right, →right: FP32 "
-             "was wrong)."]
+             "was wrong).",
+             "Intervals are 95%: for Δ, Newcombe's paired score interval from the flipped images (one that holds "
+             "zero is no measurable change); for agreement, Wilson's score interval; for the speedup, Student's t "
+             "over the per-round paired ratios (each round times every variant of a runtime), whose geometric mean "
+             "is the speedup. A variant is on its runtime's front (★) only if it is made for that runtime and no "
+             "other is as accurate and as fast and better beyond these intervals; files measured off their runtime "
+             "are listed in full but never starred."]
     methods = {(label(r), r["backend"], r["accuracy_method"], r["latency_method"], r["target"], on_target(r))
                for r in data["results"]}
     for name, backend, acc, lat, target, on in sorted(methods):
@@ -117,6 +158,9 @@ def notes(data: dict) -> list[str]:
                  "(each round runs every variant of a runtime once, each in a fresh process); the range after p50 "
                  "is the lowest and highest per-round median. img/s at the batch shown; peak RSS is the median over "
                  "rounds of a fresh process that loaded the model and ran batch 1 (the runtime included).")
+    timed = {(r["backend"], r.get("rounds"), r.get("timed_runs")) for r in data["results"] if r.get("rounds")}
+    for backend, rounds, runs in sorted(timed, key=str):
+        lines.append(f"{backend}: {rounds} rounds" + (f", {runs} timed batch-1 runs a variant" if runs else "") + ".")
     for r in data["results"]:
         if r.get("fallback") and r["fallback"].get("kept") is not None:
             fb, budget = r["fallback"], Budget.from_dict(r["fallback"].get("budget"))
@@ -124,7 +168,9 @@ def notes(data: dict) -> list[str]:
                          f"the budget ({budget.text()}; here {-r['top1_delta']:.2f} points below FP32, "
                          f"{100 * r['agreement']:.1f}% agreement): "
                          + ", ".join(f"`{k}`" for k in fb["kept"])
-                         + f". Sensitivity ranked on {fb.get('ranked_on')} images: {sensitivity_plot(r)}. "
+                         + f". The layers were chosen on the evaluation images it is scored on, so its accuracy "
+                         f"here is optimistic. Sensitivity ranked on {fb.get('ranked_on')} images: "
+                         f"{sensitivity_plot(r)}. "
                          f"Layers out of INT8 tried: {tried_text(fb['tried'])}.")
     return lines
 
@@ -150,6 +196,9 @@ def to_csv(data: dict) -> str:
         spread = r.get("latency_spread_ms") or [None, None]
         flat = {**r, **{f"{k}_ms": v for k, v in r["latency_ms"].items()}, "p50_low_ms": spread[0],
                 "p50_high_ms": spread[1]}
+        for name in CSV_INTERVALS:
+            low, high = r.get(f"{name}_ci") or (None, None)
+            flat[f"{name}_low"], flat[f"{name}_high"] = low, high
         w.writerow(["" if flat.get(k) is None else flat[k] for k in fields])
     return buf.getvalue()
 
@@ -167,7 +216,7 @@ def _html_table(data: dict, columns, css: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in columns)
     body = "".join(
         f"<tr class='{'base' if r['variant'] == 'fp32' else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-        + "</tr>" for r, row in zip(data["results"], rows(data, columns)))
+        + "</tr>" for r, row in zip(shown(data, columns), rows(data, columns)))
     return f"<table class='{css}'><tr>{head}</tr>{body}</table>"
 
 

@@ -34,7 +34,7 @@ def fallbacks(ctx: Context) -> list[Variant]:
         r = figures(pred[v.name], evaluation.labels, pred["fp32"])
         drop = 100 * (fp32["top1"] - r["top1"])
         if ctx.spec.budget.excess(drop, r["agreement"]) > 0:
-            log(f"{v.name}: {drop:.2f} points below FP32, {100 * r['agreement']:.1f}% agreement: over budget")
+            log(f"{v.name}: over budget: {ctx.spec.budget.broken(drop, r['agreement'])}")
             m = fallback(ctx, v, fp32["top1"], pred["fp32"][:, 0])
             if m is not None:
                 mixed.append(m)

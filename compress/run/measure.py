@@ -113,7 +113,8 @@ def result(ctx: Context, v: Variant, backend, how: dict, timing: dict) -> Result
     return Result(
         variant=v.name, backend=backend.name, precision=how["precision"], target=v.target,
         accuracy_method=how["accuracy_method"], latency_method=how["latency_method"],
-        latency_ms=timing["latency_ms"], latency_spread_ms=timing["latency_spread_ms"], rounds=timing["rounds"],
+        latency_ms=timing["latency_ms"], latency_spread_ms=timing["latency_spread_ms"],
+        round_p50_ms=timing.get("round_p50_ms"), rounds=timing["rounds"], timed_runs=timing.get("latency_runs"),
         throughput_ips=timing["throughput_ips"], throughput_batch=timing["throughput_batch"],
         peak_rss_bytes=timing["peak_rss_bytes"], baseline_rss_bytes=timing["baseline_rss_bytes"],
         threads=timing["threads"], file_bytes=Path(how["file"]).stat().st_size,
