@@ -59,7 +59,7 @@ class Budget:
 
 # What a recommendation may give up when the run set no budget. Top-1 alone moves by noise (one point is ten of
 # 1,000 images) and says nothing of which images changed; agreement says how often the variant's answer differs
-# from FP32's. 97%: INT8 post-training quantization of ResNet-50 keeps 97-98% (and NNCF's and ModelOpt's do),
+# from FP32's. 97%: INT8 post-training quantization of ResNet-50 keeps 97-98% on the reference images,
 # while a variant that changes one answer in twenty (94%) is a different model, to be chosen knowingly
 # (--min-agreement 0.94).
 DEFAULT_BUDGET = Budget(max_top1_drop=1.0, min_agreement=0.97)

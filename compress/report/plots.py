@@ -31,12 +31,18 @@ def plots(root: Path, data: dict, run_root: Path | None = None) -> None:
             if r.get("latency_spread_ms"):  # the round-to-round spread of the median
                 lo, hi = r["latency_spread_ms"]
                 ax.errorbar([x], [y], xerr=[[max(x - lo, 0)], [max(hi - x, 0)]], color="gray", lw=1, zorder=2)
+            if r.get("top1_delta_ci"):  # the 95% interval of its top-1 difference from FP32, around its top-1
+                lo, hi = r["top1_delta_ci"]
+                delta = r["top1_delta"]
+                ax.errorbar([x], [y], yerr=[[max(delta - lo, 0)], [max(hi - delta, 0)]], color="tab:blue", lw=1,
+                            alpha=0.5, zorder=2)
             ax.scatter([x], [y], zorder=3, **style)
             ax.annotate(label(r), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.margins(0.2)
         ax.set_xlabel(f"latency p50, batch 1 (ms) on {backend}")
         ax.set_ylabel("top-1 (%)")
-        ax.set_title("accuracy vs latency (★ FP32; hollow: not on its target runtime)", fontsize=10)
+        ax.set_title("accuracy vs latency (★ FP32; hollow: not on its target runtime)\nbars: round spread of "
+                     "p50, 95% interval of Δ top-1", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     _save(fig, root / PLOT)
