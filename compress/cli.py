@@ -154,9 +154,9 @@ def parser() -> argparse.ArgumentParser:
                     "closed-form fits for ResNet-50 at p30 on 2 CPU cores, then the refinement; fewer is faster "
                     "and less accurate)")
     pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=_default(PruneSpec, "refine_epochs"),
-                    metavar="N", help="reconstruct: at most N passes of Adam over the images per block after its "
-                    "closed-form fit, toward the FP32 block's output: as many as fit in --recovery-minutes "
-                    "(default %(default)s, 4-6 minutes each for ResNet-50 on 2 CPU cores; 0: closed form only)")
+                    metavar="N", help="reconstruct: passes of Adam over the images per block after its closed-form "
+                    "fit, toward the FP32 block's output (default %(default)s, about 3.5 minutes a pass for "
+                    "ResNet-50 on 2 CPU cores; 0: closed form only)")
     pr.add_argument("--allocation", default=_default(PruneSpec, "allocation"), choices=ALLOCATIONS,
                     help="reconstruct: stages, a share of the inner channels for each stage (layer1 loses most, "
                     "layer3 least, the last stage none: it is the most sensitive); uniform, the same share "
@@ -170,13 +170,13 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
                     help="skip re-estimating BatchNorm statistics after l1/l2/taylor pruning")
-    pr.add_argument("--recovery-minutes", type=_finite, default=_default(PruneSpec, "recovery_minutes"), metavar="M",
-                    help="time for each pruned variant's recovery on this machine (default %(default)s): the "
-                    "reconstruction refines its blocks for as many passes as fit; once every block has all its "
-                    "passes, what is left goes to distillation epochs")
-    pr.add_argument("--distill-epochs", type=_count, metavar="N",
-                    help="epochs of distillation from FP32 on unlabelled images (default: as many as fit in "
-                    "--recovery-minutes; 0: none)")
+    pr.add_argument("--recovery-minutes", type=_finite, metavar="M",
+                    help="a time limit for each pruned variant's refinement on this machine: turned into passes a "
+                    "block once, before the work, from a probe, shown and recorded so a rerun reuses it (default: "
+                    "none, --refine-epochs passes: the same model whatever the machine's load)")
+    pr.add_argument("--distill-epochs", type=_bounded(0, 1000), default=_default(PruneSpec, "distill_epochs"),
+                    metavar="N", help="epochs of distillation from FP32 on unlabelled images after the "
+                    "reconstruction (default %(default)s)")
     pr.add_argument("--distill-images", metavar="DIR", help="unlabelled images for the recovery (default: every "
                     "image of --calib, whatever --calib-limit)")
     pr.add_argument("--distill-lr", type=_finite, default=_default(PruneSpec, "distill_lr"),

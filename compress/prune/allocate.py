@@ -91,9 +91,9 @@ def fraction_for(model, crop: int, mac_reduction: float, round_to: int, shares: 
     low, high = 0.0, 0.95
     most = 1 - macs(model, crop, inner_counts(model, high, round_to, shares, most_cut), sizes) / full
     if most < mac_reduction:
-        raise UserError(f"pruning inner channels cannot remove {100 * mac_reduction:.0f}% of this model's MACs",
-                        f"ask for at most p{int(100 * most)}"
-                        + (", or use --allocation uniform" if shares else ", or use --method l1"))
+        other = "--allocation uniform" if shares else "--method l1"
+        can = f"ask for at most p{int(100 * most)}, or use {other}" if int(100 * most) >= 1 else f"use {other}"
+        raise UserError(f"pruning inner channels cannot remove {100 * mac_reduction:.0f}% of this model's MACs", can)
     for _ in range(30):
         mid = (low + high) / 2
         if macs(model, crop, inner_counts(model, mid, round_to, shares, most_cut), sizes) > target:

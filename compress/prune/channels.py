@@ -249,12 +249,15 @@ def load(path: str | Path):
 
 def from_record(record: dict, path: str | Path):
     """The model a `load_record` record holds (`path`: where it came from, for messages)."""
+    return resized(models.create(record["arch"], record["num_classes"]), record["state_dict"], path)
+
+
+def resized(net, sd: dict, path: str | Path):
+    """`net` with its layers resized to the shapes of the state_dict `sd` (blocks it lacks dropped), then loaded
+    with it: how a pruned model comes back from its channel shapes."""
     torch = require("torch")
     from torchvision.models.resnet import Bottleneck
 
-
-    net = models.create(record["arch"], record["num_classes"])
-    sd = record["state_dict"]
     nn = torch.nn
     drop_blocks(net, [name for name, m in net.named_modules()  # a block without weights was dropped (dN)
                       if isinstance(m, Bottleneck) and m.downsample is None and f"{name}.conv1.weight" not in sd])

@@ -31,7 +31,8 @@ class ReconstructConfig:
     refine_epochs: int = 0  # at most this many Adam passes a block after its fit (`refine.refine`)
     refine_lr: float = 1e-3  # a block left whole moves at a tenth (its fit is already close)
     refine_batch: int = 16
-    reserve: float = 0.02  # of a time limit, left unplanned (`refine.Schedule`)
+    reserve: float = 0.02  # of a time limit, left unplanned (`refine.plan_passes`)
+    seed: int = 0  # each block draws from its own stream, seeded from this and the block (`reconstruct.generator`)
 
     def __post_init__(self) -> None:
         if self.allocation not in ALLOCATIONS:

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -37,8 +36,6 @@ from compress.core.stage import amend, read_record
 from compress.core.store import atomic_path, sha256_file, sha256_json
 from compress.core.variant import parse_variant
 from compress.prune import channels as prune
-
-MAX_AUTO_EPOCHS = 20  # a time budget fills at most this many epochs: past it, a few hundred images overfit
 
 
 @dataclass(frozen=True)
@@ -223,29 +220,6 @@ def distill(student, teacher, images, preprocess, spec: DistillSpec, checkpoint:
             "batch": spec.batch_size, "processes": processes, "device": device.type, "lr": spec.lr,
             "feature_weight": spec.feature_weight, "losses": losses,
             "seconds": round(time.perf_counter() - started, 1)}
-
-
-def seconds_per_image(student, teacher, images, preprocess, spec: DistillSpec, steps: int = 2) -> float:
-    """Training seconds per image on this machine: a few steps on copies (the models are left untouched), after one
-    step of warm-up."""
-    import copy
-
-    s, t = copy.deepcopy(student), copy.deepcopy(teacher)
-    batch = min(spec.batch_size, len(images))
-    times = []
-
-    def tick(epoch, k):
-        times.append(time.perf_counter())
-        if len(times) > steps:
-            raise _Done
-
-    subset = images.head(batch * (steps + 1))
-    with contextlib.suppress(_Done):
-        distill(s, t, subset, preprocess, DistillSpec(**{**asdict(spec), "epochs": 1, "batch_size": batch}),
-                progress=False, on_step=tick)
-    if len(times) < 2:
-        return float("inf")
-    return (times[-1] - times[0]) / ((len(times) - 1) * batch)
 
 
 class _Done(Exception):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
+from collections.abc import Callable
 
 from compress.core.errors import UserError, require
 from compress.prune import channels as prune
 from compress.prune.allocate import blocks
 from compress.prune.config import DEFAULT, ReconstructConfig
-from compress.prune.reconstruct import fit_block
-from compress.prune.refine import Schedule, pass_seconds
+from compress.prune.reconstruct import fit_block, generator
 from compress.prune.stream import chunked, head, stem
 
 
@@ -50,20 +49,19 @@ def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) ->
 
 
 def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAULT,
-         seconds: float | None = None, greedy: bool = True, progress: bool = True) -> tuple[object, dict]:
+         plan: Callable | None = None, greedy: bool = True, progress: bool = True) -> tuple[object, dict]:
     """A copy of `teacher` without `n` identity-shortcut blocks, chosen greedily: each time the one whose drop moves
     the output least with those already chosen gone (`drop_sensitivities` on `config.sensitivity_images` of `images`;
     `greedy=False`: the n least sensitive alone, measured once).
     Then every block after the first one dropped is re-fitted on `images` as `reconstruct` does, at full width:
     from the dropped network's own inputs to the FP32 activations, so each block's conv3 makes up what the blocks
-    before it no longer add; each then refined as `reconstruct` refines (`config.refine_epochs`, `seconds`). Returns the
-    model and what was done."""
+    before it no longer add; each then refined as `reconstruct` refines (`config.refine_epochs` passes, or
+    `plan(counts, blocks)` for the blocks re-fitted). Returns the model and what was done."""
     torch = require("torch")
     from torchvision.models.resnet import Bottleneck
     from tqdm import tqdm
 
     chunk, sensitivity_images, refine_epochs = config.chunk, config.sensitivity_images, config.refine_epochs
-    started = time.perf_counter()
     teacher = teacher.eval()
     candidates = droppable(teacher)
     if not 0 < n <= len(candidates):
@@ -77,14 +75,11 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
     gone.sort()
     student = copy.deepcopy(teacher)
     names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
-    gen = torch.Generator().manual_seed(0)
     tbs = blocks(teacher)
     refit = [i for i in range(len(tbs)) if i > gone[0] and i not in gone]  # before the first drop: nothing to make up
     refitted = [tbs[i] for i in refit]
     whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
-    schedule = Schedule(refine_epochs, None if seconds is None or not refine_epochs else
-                        pass_seconds(teacher, whole, preprocess.crop, len(images), config.refine_batch, refitted),
-                        seconds, started, config.reserve)
+    passes = dict(zip(refit, plan(whole, refitted) if plan is not None else [refine_epochs] * len(refit)))
     with torch.no_grad():
         x_fp = stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
         x_pr = x_fp
@@ -95,15 +90,12 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
                 x_fp = chunked(tb, x_fp, chunk)
                 x_pr = x_pr if i in gone else x_fp
                 continue
-            schedule.begin()
             kept = (tb.conv1.out_channels, tb.conv2.out_channels)
-            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, gen, config, schedule.passes)
-            schedule.end()
-            bar.set_postfix(passes=schedule.given[-1])
+            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(config, i), config, lambda i=i: passes[i])
     prune.drop_blocks(student, [names[i] for i in gone])
     facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
              "blocks_dropped": [names[i] for i in gone], "images": len(images),
-             "refine_epochs": refine_epochs, "refine_passes": schedule.given,
+             "refine_epochs": refine_epochs, "refine_passes": [passes[i] for i in refit], "seed": config.seed,
              "sensitivity": {"images": min(sensitivity_images, len(images)),
                              "kl": [{names[i]: round(k, 5) for i, k in step.items()} for step in chosen]}}
     return student.eval(), facts

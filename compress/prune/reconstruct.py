@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 
-from compress.core.errors import require
+from compress.core.errors import UserError, log, require
 from compress.prune.allocate import (
     allocate,
     blocks,
@@ -40,12 +40,13 @@ from compress.prune.allocate import (
 )
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
-from compress.prune.refine import Schedule, convs, pass_seconds, refine
-from compress.prune.stream import chunked, gather, head, stem
+from compress.prune.refine import convs, refine
+from compress.prune.stream import chunked, head, stem
 
-REVISION = 4  # of what a recovery does with the same options: a saved pruned model from another one is redone
+REVISION = 5  # of what a recovery does with the same options: a saved pruned model from another one is redone
 # (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
-# 4: the cut moves from layer3 to layer1 and layer2, `ReconstructConfig.stage_shares`)
+# 4: the cut moves from layer3 to layer1 and layer2, `ReconstructConfig.stage_shares`; 5: a plan fixed by the
+# options, not the clock, a random stream per block, the next inputs through the blocks' own forward)
 
 
 def sensitivities(teacher, images, preprocess, config: ReconstructConfig, fraction: float = 0.5) -> list[float]:
@@ -54,7 +55,6 @@ def sensitivities(teacher, images, preprocess, config: ReconstructConfig, fracti
     torch = require("torch")
     F = torch.nn.functional
     t, chunk = teacher.eval(), config.chunk
-    gen = torch.Generator().manual_seed(0)
     out = []
     with torch.no_grad():
         x = torch.from_numpy(preprocess.normalize(images.pixels))
@@ -66,7 +66,7 @@ def sensitivities(teacher, images, preprocess, config: ReconstructConfig, fracti
         reference = F.log_softmax(head(t, h), 1)
         for i, tb in enumerate(blocks(t)):
             counts = inner_counts_of(tb, fraction, config.round_to)
-            _, h = fit_block(tb, copy.deepcopy(tb), counts, inputs[i], inputs[i], gen, config)
+            _, h = fit_block(tb, copy.deepcopy(tb), counts, inputs[i], inputs[i], generator(config, i), config)
             for b in blocks(t)[i + 1:]:
                 h = chunked(b, h, chunk)
             pruned = F.log_softmax(head(t, h), 1)
@@ -74,56 +74,118 @@ def sensitivities(teacher, images, preprocess, config: ReconstructConfig, fracti
     return out
 
 
-def reconstruct(teacher, images, preprocess, mac_reduction: float, config: ReconstructConfig = DEFAULT,
-                seconds: float | None = None, progress: bool = True) -> tuple[object, dict]:
-    """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels and every
-    block re-fitted on `images` (unlabelled), then refined by `config.refine_epochs` of Adam (`refine`); with
-    `seconds`, by as many of them as fit in what is left (`Schedule`): the whole reconstruction ends within it.
-    `config.allocation`: "stages", a share of every block's channels by stage (`stage_shares`); "uniform", the
-    same in every block; "sensitivity", per-block shares from each block's measured sensitivity on
-    `config.sensitivity_images` (`sensitivities`, `allocate`). Returns the model and what was done."""
-    torch = require("torch")
-    from tqdm import tqdm
-
-    started = time.perf_counter()
-    teacher, c = teacher.eval(), config
-    crop, round_to, chunk = preprocess.crop, c.round_to, c.chunk
+def cut(teacher, crop: int, mac_reduction: float, config: ReconstructConfig = DEFAULT, probe=None) -> tuple:
+    """Where pNN cuts: the inner channels each block keeps (conv1, conv2) so that the model has `mac_reduction`
+    fewer MACs, and the facts of the choice. `config.allocation`: "stages", a share of every block's channels by
+    stage (`stage_shares`); "uniform", the same in every block; "sensitivity", per-block shares from each block's
+    measured sensitivity on `probe` images (`sensitivities`, `allocate`; `probe` is (images, preprocess))."""
+    c = config
+    facts: dict = {"allocation": c.allocation}
     shares = stage_shares(teacher, c.stage_shares) if c.allocation == "stages" else None
     sizes = output_sizes(teacher, crop)  # one forward pass for the search and the give-back
-    fraction = fraction_for(teacher, crop, mac_reduction, round_to, shares, sizes, c.most_cut)
-    sens = None
     if c.allocation != "sensitivity":
-        counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, round_to, shares, c.most_cut),
-                           round_to, sizes)
-    else:
-        probe = images.sample(c.sensitivity_images)
-        sens = sensitivities(teacher, probe, preprocess, c, 0.5)
-        counts = allocate(teacher, crop, mac_reduction, sens, 0.5, round_to)
-    student = copy.deepcopy(teacher)
-    gen = torch.Generator().manual_seed(0)
-    schedule = Schedule(c.refine_epochs, None if seconds is None or not c.refine_epochs else
-                        pass_seconds(teacher, counts, crop, len(images), c.refine_batch), seconds, started, c.reserve)
-    with torch.no_grad():
-        x = torch.from_numpy(preprocess.normalize(images.pixels))
-        x_fp = stem(teacher, x, chunk)
-        x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
-        pairs = list(zip(blocks(teacher), blocks(student), counts))
-        bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
-        for tb, sb, kept in bar:
-            schedule.begin()
-            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, gen, c, schedule.passes)
-            schedule.end()
-            bar.set_postfix(passes=schedule.given[-1])
-    facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": round_to, "images": len(images),
-             "inner_channels": counts, "allocation": c.allocation,
-             "selection": c.selection, "refine_epochs": c.refine_epochs, "refine_passes": schedule.given}
-    if sens is None:
+        fraction = fraction_for(teacher, crop, mac_reduction, c.round_to, shares, sizes, c.most_cut)
+        counts = give_back(teacher, crop, mac_reduction, inner_counts(teacher, fraction, c.round_to, shares,
+                                                                      c.most_cut), c.round_to, sizes)
         facts["inner_fraction"] = round(fraction, 4)
         if shares is not None:
             facts["stage_shares"] = list(c.stage_shares)
     else:
+        images, preprocess = probe
+        sens = sensitivities(teacher, images.sample(c.sensitivity_images), preprocess, c, 0.5)
+        counts = allocate(teacher, crop, mac_reduction, sens, 0.5, c.round_to)
         facts["sensitivity"] = {"images": c.sensitivity_images, "fraction": 0.5, "kl": [round(k, 5) for k in sens]}
+    return counts, facts
+
+
+def generator(config: ReconstructConfig, block: int):
+    """Block `block`'s own random stream, seeded from the run's seed and the block: what one block draws never
+    moves another's draws."""
+    torch = require("torch")
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + block)
+
+
+def reconstruct(teacher, images, preprocess, mac_reduction: float, config: ReconstructConfig = DEFAULT,
+                plan: Callable | None = None, keep: Path | None = None, progress: bool = True) -> tuple[object, dict]:
+    """A copy of `teacher` with `mac_reduction` of its MACs removed from inner bottleneck channels (`cut`) and
+    every block re-fitted on `images` (unlabelled), then refined by Adam (`refine`): `config.refine_epochs` passes
+    a block, or `plan(counts, blocks)` passes for each (a time limit turned into passes once, before the work).
+    With `keep`, a folder, every finished block is saved there and a killed run resumes at the first block not
+    finished, ending with the weights an uninterrupted run gives. Returns the model and what was done."""
+    torch = require("torch")
+    from tqdm import tqdm
+
+    teacher, c = teacher.eval(), config
+    counts, cut_facts = cut(teacher, preprocess.crop, mac_reduction, c, (images, preprocess))
+    tbs = blocks(teacher)
+    passes = plan(counts, tbs) if plan is not None else [c.refine_epochs] * len(tbs)
+    student, done = _resumed(teacher, keep, counts, passes)
+    if done:
+        log(f"reconstruct: resuming at block {done + 1} of {len(tbs)} (the blocks before it were kept)")
+    with torch.no_grad():
+        x_fp = stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), c.chunk)
+        x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
+        for tb, sb in zip(tbs[:done], blocks(student)[:done]):  # what the finished blocks give, recomputed
+            x_fp, x_pr = teacher_outputs(tb, x_fp, c.chunk), chunked(sb, x_pr, c.chunk)
+        bar = tqdm(total=len(tbs), initial=done, desc="reconstruct", unit="block", file=sys.stderr, leave=False,
+                   disable=not progress)
+        for i, (tb, sb, kept) in enumerate(zip(tbs, blocks(student), counts)):
+            if i < done:
+                continue
+            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(c, i), c, lambda i=i: passes[i])
+            if keep is not None:
+                save_progress(student, keep, {"done": i + 1, "counts": counts, "passes": passes})
+                log(f"reconstruct: block {i + 1} of {len(tbs)} kept")
+            bar.update(1)
+        bar.close()
+    facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": c.round_to,
+             "images": len(images), "inner_channels": counts, **cut_facts, "selection": c.selection,
+             "refine_epochs": c.refine_epochs, "refine_passes": passes, "seed": c.seed}
     return student.eval(), facts
+
+
+PROGRESS = "progress.pt"
+
+
+def save_progress(student, keep: Path, facts: dict) -> None:
+    """The student with its finished blocks, and how far it got, written atomically."""
+    from compress.prune import channels as prune
+
+    prune.save(student, keep / PROGRESS, "", facts)  # reloaded into a copy of the teacher: no architecture name
+
+
+def _resumed(teacher, keep: Path | None, counts: list, passes: list) -> tuple:
+    """The student to continue and how many blocks it has finished: from `keep` when a killed run left one made
+    with the same cut and plan, else a fresh copy of the teacher."""
+    from compress.prune import channels as prune
+
+    path = None if keep is None else keep / PROGRESS
+    if path is not None and path.exists():
+        try:
+            record = prune.load_record(path)
+            facts = record["facts"]
+            same = [list(k) for k in facts["counts"]] == [list(k) for k in counts]
+            if same and list(facts["passes"]) == list(passes):
+                return prune.resized(copy.deepcopy(teacher), record["state_dict"], path), int(facts["done"])
+        except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+            pass  # damaged or from other options: start again
+    return copy.deepcopy(teacher), 0
+
+
+def teacher_outputs(tb, x_fp, chunk: int):
+    """The FP32 block's outputs on its inputs `x_fp`, BatchNorm folded, kept as the reconstruction keeps them:
+    what the next block is fitted to (the same arithmetic whether a run goes on or resumes)."""
+    torch = require("torch")
+    F = torch.nn.functional
+    (w1, b1), (w2, b2), (w3, b3) = fold(tb.conv1, tb.bn1), fold(tb.conv2, tb.bn2), fold(tb.conv3, tb.bn3)
+    ds = tb.downsample
+
+    def f(xs):
+        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding).relu()
+        a2 = F.conv2d(a1, w2, b2, tb.conv2.stride, tb.conv2.padding).relu()
+        return (F.conv2d(a2, w3, b3) + (ds(xs) if ds is not None else xs)).relu()
+
+    return chunked(f, x_fp, chunk)
 
 
 def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: ReconstructConfig,
@@ -197,17 +259,15 @@ def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: Reconstr
         return a3 + idf
 
     bias3 = fit(conv3, r2, block_fp, lambda i: shortcut(pr(i)))  # the shortcut's error is the branch's to make up
-    nxt_fp = gather(lambda i: block_fp(i).relu(), len(x_fp), chunk)
+    nxt_fp = teacher_outputs(tb, x_fp, chunk)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", identity_bn(bias))
     n = passes()
     if n:
         lr = config.refine_lr / 10 if whole else config.refine_lr
-        nxt_pr = refine(sb, x_pr, nxt_fp, n, lr, gen, config)
-    else:
-        nxt_pr = gather(lambda i: (F.conv2d(r2(i), conv3.weight, bias3) + shortcut(pr(i))).relu(), len(x_pr), chunk)
-    return nxt_fp, nxt_pr
+        return nxt_fp, refine(sb, x_pr, nxt_fp, n, lr, gen, config)
+    return nxt_fp, chunked(sb, x_pr, chunk)  # the block's own forward, as a resumed run computes it
 
 
 def choose_channels(fp, fp_in, n: int, consumers: tuple, counts: tuple[int, int], gen, config: ReconstructConfig):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 
 from compress.core.errors import UserError, require
 from compress.prune.allocate import blocks
@@ -72,44 +71,21 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
     return chunked(block, x, chunk)
 
 
-class Schedule:
-    """How many refinement passes each block gets, at most `most`: with a time limit (`seconds` from `started`),
-    as many as fit in what is left once the later blocks' fits (as long as the fits so far, on average) and as
-    many passes of theirs are counted. A pass's cost is `costs` (`pass_seconds`, one per block) scaled by what the
-    refined blocks actually took, so a probe that misjudges this machine is corrected as the blocks go."""
+FIT_PASSES = 4.5  # a block's closed-form fits cost about this many of its refinement passes (ResNet-50 p30 on 2
+# CPU cores, 1,000 images: 15 minutes of fits against 3.4 minutes a pass over every block; prune-distill.md)
 
-    def __init__(self, most: int, costs: list[float] | None = None, seconds: float | None = None,
-                 started: float = 0.0, reserve: float = 0.02, clock: Callable[[], float] = time.perf_counter):
-        self.most, self.costs, self.clock = most, costs or [], clock
-        # a reserve of the time for what the estimates miss: the last block has no later one to absorb it (p30 on
-        # the reference model ended 0.1 min past 45 without it)
-        self.deadline = None if seconds is None or costs is None else started + (1 - reserve) * seconds
-        self.fits: list[float] = []
-        self.given: list[int] = []
-        self.taken, self.expected = 0.0, 0.0
 
-    def begin(self) -> None:
-        self.t0 = self.clock()
-
-    def passes(self) -> int:
-        """The next block's passes, asked once its fit is done."""
-        now, i = self.clock(), len(self.given)
-        self.fits.append(now - self.t0)
-        n = self.most
-        if self.deadline is not None:
-            later_fits = sum(self.fits) / len(self.fits) * (len(self.costs) - i - 1)
-            scale = self.taken / self.expected if self.expected else 1.0
-            # n + 1 passes' time a block: the refinement runs the block over the images twice more to measure it
-            n = min(n, int((self.deadline - now - later_fits) / (scale * sum(self.costs[i:]))) - 1)
-        self.t1 = now
-        self.given.append(max(n, 0))
-        return self.given[-1]
-
-    def end(self) -> None:
-        n = self.given[-1]
-        if n and self.deadline is not None:
-            self.taken += self.clock() - self.t1
-            self.expected += (n + 1) * self.costs[len(self.given) - 1]
+def plan_passes(costs: list[float], seconds: float, most: int, reserve: float = 0.02) -> list[int]:
+    """Refinement passes for each block so that the whole recovery is estimated to end within `seconds`: the same
+    number for every block, at most `most`, from `costs` (one pass's seconds per block, `pass_seconds`), the
+    fits estimated at FIT_PASSES passes, each block's passes plus one (its error is measured before and after),
+    and `reserve` of the time left unplanned. Made once, before any work, from the options and one probe: the
+    run records it and a rerun reuses it, so the model does not depend on the machine's load while it works."""
+    total = sum(costs)
+    if total <= 0:
+        return [most] * len(costs)
+    n = int((1 - reserve) * seconds / total - FIT_PASSES) - 1
+    return [max(0, min(most, n))] * len(costs)
 
 
 def pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, batch: int = 16,

@@ -52,23 +52,23 @@ S24_IMAGES = 256  # images whose Gram matrices choose and update s24's weights (
 @dataclass(frozen=True)
 class PruneSpec:
     """pNN removes NN% of the FP32 model's MACs. `method` reconstruct: inner bottleneck channels, re-fitted to
-    the FP32 activations on `reconstruction_images` unlabelled images; l1/l2/taylor: Torch-Pruning's criteria
-    over every channel group, recovered by BatchNorm re-estimation (`bn_recalibration`). The reconstruction refines
-    each block for as many passes as fit in `recovery_minutes` (at most `refine_epochs`). Then distillation from
-    FP32 on unlabelled images: `distill_epochs`, or (None) as many epochs as fit in what is left of
-    `recovery_minutes` per variant once every block has had all its passes (none if the budget cut them short)."""
+    the FP32 activations on `reconstruction_images` unlabelled images, each block then refined by `refine_epochs`
+    passes of Adam; l1/l2/taylor: Torch-Pruning's criteria over every channel group, recovered by BatchNorm
+    re-estimation (`bn_recalibration`). Then `distill_epochs` of distillation from FP32 (default none). The plan is
+    fixed by these options, not by the clock; `recovery_minutes`, when given, turns a time limit into refinement
+    passes once, before the work (`run.recovery.planner`)."""
 
     method: str = "reconstruct"
     reconstruction_images: int = 1000
     allocation: str = RECONSTRUCTION.allocation  # reconstruct: where the channels go (`prune.allocate`)
     selection: str = RECONSTRUCTION.selection  # reconstruct: which channels stay (OBS on the re-fit, or energy)
-    refine_epochs: int = 8  # reconstruct: at most this many Adam passes a block after its fit, as fit (`Schedule`)
+    refine_epochs: int = 4  # reconstruct: Adam passes a block after its fit (at most this many with a time limit)
     round_to: int = RECONSTRUCTION.round_to
     global_pruning: bool = False
     bn_recalibration: bool = True
-    recovery_minutes: float = 45.0
+    recovery_minutes: float | None = None  # a time limit, planned once (None: --refine-epochs passes a block)
     distill_images: str | None = None
-    distill_epochs: int | None = None
+    distill_epochs: int = 0
     distill_lr: float = DistillSpec.lr  # measured on ResNet-50 p30: 1e-4 undoes the reconstruction, 1e-5 adds
     distill_batch: int = DistillSpec.batch_size
 
@@ -84,9 +84,11 @@ class PruneSpec:
         if not 0 <= self.refine_epochs <= 100:
             raise UserError(f"--refine-epochs must be 0..100, got {self.refine_epochs}")
         _finite("--recovery-minutes", self.recovery_minutes)
-        if not 0 <= self.recovery_minutes <= 100_000:
+        if self.recovery_minutes is not None and not 0 <= self.recovery_minutes <= 100_000:
             raise UserError(f"--recovery-minutes must be 0..100000, got {self.recovery_minutes}")
-        self.distill_spec(self.distill_epochs or 0)  # validates the distillation options
+        if not 0 <= self.distill_epochs <= 1000:
+            raise UserError(f"--distill-epochs must be 0..1000, got {self.distill_epochs}")
+        self.distill_spec(self.distill_epochs)  # validates the distillation options
 
     def distill_spec(self, epochs: int) -> DistillSpec:
         return DistillSpec(epochs=epochs, lr=self.distill_lr, batch_size=self.distill_batch)

@@ -1,9 +1,11 @@
 """The prune stage: a pruned variant (pNN, dN, s24) made from FP32 and recovered on unlabelled images.
 
-The recovery policy in two parts: which method makes the pruned model (`METHODS`, picked by `method_of`), and
-how the time budget is spent (`distill_epochs`: the reconstruction's refinement first, distillation with what is
-left). A killed recovery resumes: the pruned model before distillation and distillation's epochs are kept in the
-run's cache until the variant is finished."""
+The recovery policy in two parts: which method makes the pruned model (`METHODS`, picked by `method_of`), and its
+plan (`planner`): the refinement passes of every block and the distillation epochs, fixed by the options alone, so
+the same command gives the same model whatever the machine's speed or load. A time limit (--recovery-minutes) is
+turned into passes once, before any work, from one probe, shown, recorded in the run's cache and reused by a rerun.
+A killed recovery resumes: the finished blocks of a reconstruction, the pruned model before distillation and
+distillation's epochs are kept in the run's cache until the variant is finished."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from compress.prune import channels as prune
 from compress.prune import distill, reconstruct
 from compress.prune.config import ReconstructConfig
 from compress.prune.drop import drop
+from compress.prune.refine import FIT_PASSES, pass_seconds, plan_passes
 from compress.run.context import Context
 from compress.run.recipe import S24_IMAGES, PruneSpec
 
@@ -33,19 +36,47 @@ def reconstruct_config(p: PruneSpec) -> ReconstructConfig:
                              refine_epochs=p.refine_epochs)
 
 
-def _reconstruct(ctx: Context, v: Variant, seconds: float) -> tuple:
+def planner(ctx: Context, v: Variant, work: Path) -> Callable | None:
+    """None (every block gets --refine-epochs passes), or with --recovery-minutes the passes that fit, planned
+    once from a probe of each block's pass (`refine.plan_passes`) and kept in `work`/plan.json for a rerun."""
+    p = ctx.spec.prune
+    if p.recovery_minutes is None or not p.refine_epochs:
+        return None
+    path = work / "plan.json"
+
+    def plan(counts: list, bs: list) -> list[int]:
+        recorded = (read_record(path) or {}).get("passes")
+        if isinstance(recorded, list) and len(recorded) == len(bs) and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= p.refine_epochs for n in recorded):
+            log(f"{v.name}: the recorded plan: {recorded} refinement passes")
+            return recorded
+        costs = pass_seconds(ctx.torch_model(), counts, ctx.pre.crop, p.reconstruction_images,
+                             reconstruct_config(p).refine_batch, bs)
+        passes = plan_passes(costs, 60 * p.recovery_minutes, p.refine_epochs)
+        estimate = (FIT_PASSES + passes[0] + 1) * sum(costs) / 60
+        log(f"{v.name}: {passes[0]} refinement passes a block fit in {p.recovery_minutes:g} minutes here "
+            f"(estimated {estimate:.0f} minutes with the fits); recorded in {path.name}")
+        write_json(path, {"passes": passes, "pass_seconds": [round(c, 2) for c in costs],
+                          "minutes": p.recovery_minutes, "estimated_minutes": round(estimate, 1)})
+        return passes
+
+    return plan
+
+
+def _reconstruct(ctx: Context, v: Variant, work: Path) -> tuple:
     subset = ctx.recovery_images.sample(ctx.spec.prune.reconstruction_images)
     started = time.perf_counter()
-    config = reconstruct_config(ctx.spec.prune)
+    config, plan = reconstruct_config(ctx.spec.prune), planner(ctx, v, work)
     if v.dropped_blocks is not None:
-        net, facts = drop(ctx.torch_model(), subset, ctx.pre, v.dropped_blocks, config, seconds)
+        net, facts = drop(ctx.torch_model(), subset, ctx.pre, v.dropped_blocks, config, plan)
     else:
-        net, facts = reconstruct.reconstruct(ctx.torch_model(), subset, ctx.pre, v.prune_ratio, config, seconds)
+        net, facts = reconstruct.reconstruct(ctx.torch_model(), subset, ctx.pre, v.prune_ratio, config, plan,
+                                             keep=work)
     facts.update(prune.count(net, ctx.pre.crop))
     return net, facts, [{"reconstruction": len(subset), "minutes": round((time.perf_counter() - started) / 60, 1)}]
 
 
-def _torch_pruning(ctx: Context, v: Variant, seconds: float) -> tuple:
+def _torch_pruning(ctx: Context, v: Variant, work: Path) -> tuple:
     p, teacher, pre = ctx.spec.prune, ctx.torch_model(), ctx.pre
     net, labelled = copy.deepcopy(teacher), None
     if p.method == "taylor":
@@ -58,7 +89,7 @@ def _torch_pruning(ctx: Context, v: Variant, seconds: float) -> tuple:
     return net, facts, _bn_recalibration(ctx, net)
 
 
-def _sparse_24(ctx: Context, v: Variant, seconds: float) -> tuple:
+def _sparse_24(ctx: Context, v: Variant, work: Path) -> tuple:
     net = copy.deepcopy(ctx.torch_model())
     facts = {**prune.sparsify_24(net, ctx.recovery_images.sample(S24_IMAGES), ctx.pre),
              **prune.count(net, ctx.pre.crop)}
@@ -72,7 +103,7 @@ def _bn_recalibration(ctx: Context, net) -> list:
     return [{"bn_recalibration": len(ctx.recovery_images)}]
 
 
-# how each kind of pruned variant is made: (variant, seconds left) -> (model, facts, steps)
+# how each kind of pruned variant is made: (variant, its work folder) -> (model, facts, steps)
 METHODS: dict[str, Callable[[Context, Variant, float], tuple]] = {
     "reconstruct": _reconstruct, "torch-pruning": _torch_pruning, "s24": _sparse_24}
 
@@ -91,14 +122,12 @@ def prune_variant(ctx: Context, v: Variant) -> None:
     work = ctx.run_dir.cache / f"recover-{v.name}-{sha256_json(key)[:16]}"
 
     def fill(d: Path) -> dict:
-        started = time.perf_counter()
-        net, facts, steps = pruned(ctx, v, work / "pruned.pt", started + 60 * p.recovery_minutes)
-        epochs = distill_epochs(ctx, v, (net, facts), work / "plan.json", time.perf_counter() - started)
-        if epochs:
-            log(f"{v.name}: {epochs} epochs of distillation on {len(recovery)} images")
+        net, facts, steps = pruned(ctx, v, work)
+        if p.distill_epochs:
+            log(f"{v.name}: {p.distill_epochs} epochs of distillation on {len(recovery)} images")
             keep = prune.zeros_kept(net) if v.prune == "s24" else None  # the 2:4 pattern outlives training
             steps.append({"distillation": distill.distill(net, ctx.torch_model(), recovery, ctx.pre,
-                                                          p.distill_spec(epochs), work / "distill.pt",
+                                                          p.distill_spec(p.distill_epochs), work / "distill.pt",
                                                           on_step=keep)})
         prune.save(net, d / "model.pt", s.arch, facts)
         extra = {"compress.arch": s.arch, "compress.parent": "fp32"}
@@ -113,9 +142,10 @@ def prune_variant(ctx: Context, v: Variant) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def pruned(ctx: Context, v: Variant, keep: Path, deadline: float) -> tuple:
-    """The pruned model before distillation, with what was done: from `keep` when a killed run left it. The
-    reconstruction refines its blocks for as long as it can and still end by `deadline` (`time.perf_counter`)."""
+def pruned(ctx: Context, v: Variant, work: Path) -> tuple:
+    """The pruned model before distillation, with what was done: from `work`/pruned.pt when a killed run left it
+    (a reconstruction killed before it ended resumes at its first unfinished block)."""
+    keep = work / "pruned.pt"
     if keep.exists():  # the cache may have travelled with the run directory: used only if it is whole
         try:
             record = prune.load_record(keep)
@@ -124,32 +154,6 @@ def pruned(ctx: Context, v: Variant, keep: Path, deadline: float) -> tuple:
                 return prune.from_record(record, keep), facts["pruning"], facts["steps"]
         except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError):
             pass
-    net, facts, steps = METHODS[method_of(v, ctx.spec.prune)](ctx, v, deadline - time.perf_counter())
+    net, facts, steps = METHODS[method_of(v, ctx.spec.prune)](ctx, v, work)
     prune.save(net, keep, ctx.spec.arch, {"pruning": facts, "steps": steps})
     return net, facts, steps
-
-
-def distill_epochs(ctx: Context, v: Variant, made: tuple, plan: Path, spent: float) -> int:
-    """--distill-epochs, or as many epochs as fit in what the recovery budget leaves, measured here once (a
-    resumed run keeps the first plan). None when the budget cut the reconstruction's refinement short: more
-    passes of it serve agreement with FP32 better than distillation, which on a refined ResNet-50 p30 took
-    agreement down (benchmarks/results/prune-distill.md). `made`: the pruned model and its facts."""
-    p = ctx.spec.prune
-    if p.distill_epochs is not None:
-        return p.distill_epochs
-    recorded = (read_record(plan) or {}).get("epochs")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 1000:
-        return recorded
-    net, facts = made
-    left = 60 * p.recovery_minutes - spent
-    passes = facts.get("refine_passes") or []
-    if left <= 0 or any(n < facts.get("refine_epochs", 0) for n in passes):
-        write_json(plan, {"epochs": 0, "left_seconds": round(left), "refine_passes": passes})
-        return 0
-    images = ctx.recovery_images
-    per_image = distill.seconds_per_image(net, ctx.torch_model(), images, ctx.pre, p.distill_spec(1))
-    epochs = max(0, min(distill.MAX_AUTO_EPOCHS, int(left / (per_image * len(images)))))
-    log(f"{v.name}: distillation at {per_image * 1000:.0f} ms per image here; {left / 60:.1f} of "
-        f"{p.recovery_minutes:g} recovery minutes left: {epochs} epochs")
-    write_json(plan, {"epochs": epochs, "seconds_per_image": per_image, "left_seconds": round(left)})
-    return epochs
