@@ -24,11 +24,12 @@ def run(name: str, args: list[str], fresh: bool = False) -> dict:
     out = ROOT / "runs" / name
     if fresh and (out / "results").exists():
         shutil.rmtree(out / "results")
+    code_commit = commit()  # the code that runs, read before the run (later edits are not what ran)
     cmd = [sys.executable, "-m", "compress", "run", *args, "--out", str(out)]
     code = subprocess.run(cmd, cwd=ROOT).returncode
     if code not in (0, 3):  # 3: over the accuracy budget, still a result
         raise SystemExit(code)
-    data = {**json.loads((out / "report.json").read_text()), "command": None, "commit": commit()}
+    data = {**json.loads((out / "report.json").read_text()), "command": None, "commit": code_commit}
     from compress.report import markdown
 
     shown = "compress run " + " ".join(shlex.quote(a) for a in args) + f" --out runs/{name}"

@@ -65,3 +65,18 @@ def test_kill_9_mid_reconstruction_then_the_weights_of_an_uninterrupted_run(tiny
     a, b = (prune.load_record(d / "variants" / "p30" / "model.pt")["state_dict"] for d in (whole, killed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(killed.glob("cache/recover-*"))  # the finished variant's recovery files are gone
+
+
+@pytest.mark.slow
+def test_recovery_images_that_are_evaluation_images_are_flagged(tiny_checkpoint, data_dirs, tmp_path, capsys):
+    """Recovery images are every image of --distill-images (else of --calib), not only those calibration uses:
+    evaluation images among them make the pruned accuracy optimistic, and the report says so."""
+    import json
+
+    from compress.cli import main
+
+    out = tmp_path / "run"
+    assert main(tiny_run(tiny_checkpoint, data_dirs, out, "--round-to", "4", "--refine-epochs", "0",
+                         "--distill-images", str(data_dirs["eval"]), variants="p15")) == 0
+    warnings = json.loads((out / "report.json").read_text())["warnings"]
+    assert any("also recovery images" in w and "64 evaluation image(s)" in w for w in warnings), warnings

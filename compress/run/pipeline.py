@@ -69,7 +69,8 @@ class Pipeline:
 
 
 def _check_images(ctx: Context) -> None:
-    """Decode the evaluation images; flag those that are also calibration images."""
+    """Decode the evaluation images; flag those that are also calibration images, or recovery images (every image
+    a pruned variant is re-fitted on: --distill-images, else the whole calibration folder)."""
     s = ctx.spec
     evaluation = ctx.evaluation
     if any(v.precision != "fp32" or v.prune for v in s.variants):
@@ -77,6 +78,11 @@ def _check_images(ctx: Context) -> None:
         if same:
             ctx.warn(f"{len(same)} evaluation image(s) are also calibration images (same content), "
                      f"e.g. {same[0]}: accuracy is optimistic")
+    if any(v.prune for v in s.variants):
+        same = calibration.overlap(evaluation, ctx.recovery_images)
+        if same:
+            ctx.warn(f"{len(same)} evaluation image(s) are also recovery images (same content), e.g. {same[0]}: "
+                     "the pruned variants were fitted on them, so their accuracy is optimistic")
     write_json(ctx.run_dir.recipe, s.to_dict())  # inputs validated: this run's options are now its record
 
 
