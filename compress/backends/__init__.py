@@ -2,7 +2,7 @@
 
 A backend says whether it is usable here and why not (`unavailable`), describes itself (`describe`: device and
 versions), says which variants it runs and with what arithmetic (`runs`), and opens a session on a variant
-(`open`: `infer(batch) -> logits`). Measuring is shared (`compress.measure`): accuracy on the run's images in
+(`open`: `infer(batch) -> logits`). Measuring is shared (`compress.run.measure`): accuracy on the run's images in
 this process, latency in fresh processes, interleaved across variants (`latency`). Nothing is imported until a
 backend is asked for, so `compress --help` never loads a runtime.
 

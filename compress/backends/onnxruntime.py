@@ -1,17 +1,6 @@
-"""onnxruntime on the CPU: accuracy sessions and latency/memory probes in a fresh process.
-
-Two ways to execute a Q/DQ graph, and the choice matters for honest numbers:
-
-- `as_written=True`: graph optimisations off, so DequantizeLinear -> float Conv -> QuantizeLinear runs as the
-  file says. This is the arithmetic TensorRT uses for a Q/DQ network (int8 x int8 with int32 accumulation
-  gives the same result), so it measures the accuracy of a TensorRT-bound `int8` variant.
-- `as_written=False`: all optimisations on, Q/DQ fused into integer kernels, as an onnxruntime CPU deployment
-  runs (`int8-cpu`). On x86 CPUs without VNNI the u8s8 kernels saturate intermediate sums of 8-bit weights.
-  An int8-cpu file made for such CPUs has 7-bit weights and runs on those kernels as they are; one made for
-  VNNI CPUs gets `session.x64quantprecision=1` there, which avoids the saturation at a cost in speed. On VNNI
-  CPUs nothing saturates and the option would only cost speed (measured: 9.5 ms vs 27.5 ms for ResNet-50
-  int8-cpu at batch 1), so it stays off.
-"""
+"""onnxruntime on the CPU as a backend: what it runs and how, sessions from `core.session` (which says why a
+TensorRT-bound Q/DQ file is executed as written for its accuracy and an int8-cpu file through the fused kernels),
+latency and memory in a fresh process per round."""
 
 from __future__ import annotations
 

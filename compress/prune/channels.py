@@ -7,7 +7,7 @@ recovery without labelled training data.
 - 2:4 sparsity keeps the 2 largest of every 4 consecutive input-channel weights of each conv, the layout
   TensorRT's sparse tensor cores use; the zeros survive export and per-channel INT8 quantization.
 - Recovery: BatchNorm statistics re-estimated on unlabelled images (pruning shifts every activation's
-  statistics); distillation (`compress.distill`) and reconstruction (`compress.reconstruct`) go further.
+  statistics); distillation (`compress.prune.distill`) and reconstruction (`compress.prune.reconstruct`) go further.
 - A pruned model is saved as channel shapes + state_dict and reloaded with `weights_only=True`: no Torch-Pruning
   objects are pickled.
 """
