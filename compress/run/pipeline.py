@@ -28,7 +28,7 @@ from compress.run.recovery import prune_variant
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the run: what it is called, the variant it makes (if any) and what does it."""
+    """One step of the run: its name, the variant it makes (if any) and the function that runs it."""
 
     name: str
     variant: Variant | None
