@@ -15,6 +15,8 @@ import sys
 
 from common import RESULTS, ROOT, machine
 
+from compress.report.intervals import includes
+
 # what the README quotes: (results file, what it is, the variants shown)
 RUNS = [
     ("reference-run.json", "`make reference`: FP32 and the two INT8 formats", ("fp32", "int8", "int8-cpu")),
@@ -56,7 +58,7 @@ def change(r: dict) -> str:
     ci = r.get("top1_delta_ci")
     if ci is None:
         return f"{r['top1_delta']:+.1f}"
-    word = "no measurable change, " if ci[0] <= 0 <= ci[1] else ""
+    word = "no measurable change, " if includes(ci, 0) else ""
     return f"{word}{r['top1_delta']:+.1f} ({ci[0]:+.1f} to {ci[1]:+.1f})"
 
 

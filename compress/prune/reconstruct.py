@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compress.core.errors import UserError, log, require
+from compress.prune import channels as prune
 from compress.prune.allocate import (
     allocate,
     blocks,
@@ -149,16 +150,12 @@ PROGRESS = "progress.pt"
 
 def save_progress(student, keep: Path, facts: dict) -> None:
     """The student with its finished blocks, and how far it got, written atomically."""
-    from compress.prune import channels as prune
-
     prune.save(student, keep / PROGRESS, "", facts)  # reloaded into a copy of the teacher: no architecture name
 
 
 def _resumed(teacher, keep: Path | None, counts: list, passes: list) -> tuple:
     """The student to continue and how many blocks it has finished: from `keep` when a killed run left one made
     with the same cut and plan, else a fresh copy of the teacher."""
-    from compress.prune import channels as prune
-
     path = None if keep is None else keep / PROGRESS
     if path is not None and path.exists():
         try:

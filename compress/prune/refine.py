@@ -88,6 +88,11 @@ def plan_passes(costs: list[float], seconds: float, most: int, reserve: float = 
     return [max(0, min(most, n))] * len(costs)
 
 
+def planned_seconds(costs: list[float], passes: int) -> float:
+    """What `plan_passes` expects `passes` passes a block to take, the fits included."""
+    return (FIT_PASSES + passes + 1) * sum(costs)
+
+
 def pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, batch: int = 16,
                  bs: list | None = None) -> list[float]:
     """Seconds one refinement pass over `n` images takes for each block (`bs`, by default all of them) once pruned

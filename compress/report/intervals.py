@@ -63,4 +63,5 @@ def ratio(numerators: list[float], denominators: list[float]) -> tuple[float, tu
 
 
 def includes(interval, value: float) -> bool:
+    """Whether an interval (None: not measured) holds `value`: a difference whose interval holds 0 is noise."""
     return interval is not None and interval[0] <= value <= interval[1]

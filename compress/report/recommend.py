@@ -5,6 +5,7 @@ from __future__ import annotations
 from compress.core.budget import DEFAULT_BUDGET, Budget
 from compress.core.variant import parse_variant
 from compress.report.data import backends_of, faster, label, on_target
+from compress.report.intervals import includes
 
 
 def budget_of(data: dict) -> Budget:
@@ -63,7 +64,7 @@ def change_text(delta: float | None, ci: list | None) -> str:
         return "top-1 against FP32 not measured"
     if ci is None:
         return f"top-1 {delta:+.2f} points"
-    if ci[0] <= 0 <= ci[1]:
+    if includes(ci, 0):
         return f"no measurable change in top-1 ({delta:+.1f} points, 95% interval {ci[0]:+.1f} to {ci[1]:+.1f})"
     return f"top-1 {delta:+.1f} points (95% interval {ci[0]:+.1f} to {ci[1]:+.1f})"
 

@@ -10,6 +10,7 @@ import io
 from compress.core.budget import Budget
 from compress.core.result import CSV_INTERVALS, csv_fields
 from compress.report.data import MEMORY_PLOT, PLOT, backends_of, faster, label, on_target, sensitivity_plot
+from compress.report.intervals import includes
 from compress.report.recommend import recommendation_lines
 
 
@@ -33,7 +34,7 @@ def change_cell(r: dict) -> str:
     ci = r.get("top1_delta_ci")
     if r["variant"] == "fp32" and r["backend"] == "onnxruntime-cpu":
         return "—"
-    if ci and ci[0] <= 0 <= ci[1]:
+    if includes(ci, 0):
         return "no measurable change"
     return delta_text(r)
 

@@ -25,7 +25,7 @@ from compress.prune import channels as prune
 from compress.prune import distill, reconstruct
 from compress.prune.config import ReconstructConfig
 from compress.prune.drop import drop
-from compress.prune.refine import FIT_PASSES, pass_seconds, plan_passes
+from compress.prune.refine import pass_seconds, plan_passes, planned_seconds
 from compress.run.context import Context
 from compress.run.recipe import S24_IMAGES, PruneSpec
 
@@ -53,7 +53,7 @@ def planner(ctx: Context, v: Variant, work: Path) -> Callable | None:
         costs = pass_seconds(ctx.torch_model(), counts, ctx.pre.crop, p.reconstruction_images,
                              reconstruct_config(p).refine_batch, bs)
         passes = plan_passes(costs, 60 * p.recovery_minutes, p.refine_epochs)
-        estimate = (FIT_PASSES + passes[0] + 1) * sum(costs) / 60
+        estimate = planned_seconds(costs, passes[0]) / 60
         log(f"{v.name}: {passes[0]} refinement passes a block fit in {p.recovery_minutes:g} minutes here "
             f"(estimated {estimate:.0f} minutes with the fits); recorded in {path.name}")
         write_json(path, {"passes": passes, "pass_seconds": [round(c, 2) for c in costs],
