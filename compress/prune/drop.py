@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from compress.core.errors import UserError, require
 from compress.prune import channels as prune
 from compress.prune.allocate import blocks
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.reconstruct import fit_block, generator
-from compress.prune.stream import chunked, head, stem
+from compress.prune.stream import Pixels, chunked, head, stem
 
 
 def droppable(model) -> list[int]:
@@ -28,7 +30,7 @@ def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) ->
     bs = blocks(t)
     out = {}
     with torch.no_grad():
-        x = stem(t, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        x = stem(t, Pixels(images, preprocess), chunk)
         h = x
         for b in bs:
             h = chunked(b, h, chunk)
@@ -81,7 +83,7 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
     whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
     passes = dict(zip(refit, plan(whole, refitted) if plan is not None else [refine_epochs] * len(refit)))
     with torch.no_grad():
-        x_fp = stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), chunk)
+        x_fp = stem(teacher, Pixels(images, preprocess), chunk, Path(tempfile.gettempdir()))  # spilled: `Spill`
         x_pr = x_fp
         pairs = list(enumerate(zip(tbs, blocks(student))))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)

@@ -3,7 +3,10 @@ and optimal brain surgeon's channel choice on them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from compress.core.errors import require
+from compress.prune.stream import Tape
 
 
 def fold(conv, bn):
@@ -45,16 +48,17 @@ class Ridge:
         return sol[:-1].T.float(), sol[-1].float()  # weight (outputs, features), bias (outputs,)
 
 
-def relu_fit(rows, features: int, outputs: int, damp: float, rounds: int):
+def relu_fit(rows, features: int, outputs: int, damp: float, rounds: int, spill: Path | None = None):
     """Weight (outputs, features) and bias such that ReLU(x W^T + b + off) matches ReLU(y + off) on the rows that
     `rows()` yields as (x, y, off). The next layer only sees what passes the ReLU: where
     y + off <= 0, any prediction at or below -off is exact. So after the ridge fit to y, each round fits those
     rows to min(prediction, -off) instead (majorize-minimize: every round lowers the error where the target is
     active plus the error after the ReLU where it is not); X^T X stays, only X^T Y is gathered again. The rows
-    are kept in memory for the rounds (at most about 2 GB for ResNet-50 on 1,000 images): a round is then two
-    matrix products, not the network's forward passes again."""
+    are recorded for the rounds (`Tape`), a round is then two matrix products, not the network's forward passes
+    again; with `spill`, a folder, they are recorded there, not in memory, which they would fill as the images
+    grow (2.4 GB for one of ResNet-50's convs on 1,000 images)."""
     torch = require("torch")
-    data = list(rows()) if rounds else rows()
+    data = Tape(rows(), spill) if rounds else rows()
     ridge = Ridge(features, outputs)
     for x, y, _ in data:
         ridge.add(x, y)

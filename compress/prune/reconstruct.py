@@ -15,8 +15,9 @@ by ridge least squares, closed form, to the FP32 network's pre-activation output
 FP32 conv1's kept channels, conv2 to FP32 conv2's kept channels, conv3 to FP32 conv3's output plus the error of
 the shortcut path (so the block's output, not only its branch, matches). Each conv feeds a ReLU, so values the
 FP32 network's ReLU zeroes only need to stay at or below zero: a few rounds re-fit with those targets relaxed
-(`relu_fit`). Statistics are accumulated over image chunks at sampled positions: memory is bounded by the
-chunk, not the image count. Then, optionally, a few passes of Adam on the whole block toward the FP32 block's
+(`relu_fit`). Statistics are accumulated over image chunks at sampled positions, and the activations of every
+image at the current block are spilled to disk (`stream.Spill`): memory is bounded by the chunk and the block,
+not the image count. Then, optionally, a few passes of Adam on the whole block toward the FP32 block's
 output (`refine`), which the closed-form fits cannot do: move conv1 and conv2 off FP32's kept channels.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from compress.prune.allocate import (
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
 from compress.prune.refine import convs, refine
-from compress.prune.stream import chunked, head, stem
+from compress.prune.stream import Pixels, chunked, folder_of, head, stem
 
 REVISION = 5  # of what a recovery does with the same options: a saved pruned model from another one is redone
 # (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
@@ -58,8 +60,7 @@ def sensitivities(teacher, images, preprocess, config: ReconstructConfig, fracti
     t, chunk = teacher.eval(), config.chunk
     out = []
     with torch.no_grad():
-        x = torch.from_numpy(preprocess.normalize(images.pixels))
-        h = stem(t, x, chunk)
+        h = stem(t, Pixels(images, preprocess), chunk)
         inputs = []
         for b in blocks(t):
             inputs.append(h)
@@ -112,7 +113,8 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
     every block re-fitted on `images` (unlabelled), then refined by Adam (`refine`): `config.refine_epochs` passes
     a block, or `plan(counts, blocks)` passes for each (a time limit turned into passes once, before the work).
     With `keep`, a folder, every finished block is saved there and a killed run resumes at the first block not
-    finished, ending with the weights an uninterrupted run gives. Returns the model and what was done."""
+    finished, ending with the weights an uninterrupted run gives; the activations are spilled there too (else to
+    the system's temporary folder). Returns the model and what was done."""
     torch = require("torch")
     from tqdm import tqdm
 
@@ -124,7 +126,9 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
     if done:
         log(f"reconstruct: resuming at block {done + 1} of {len(tbs)} (the blocks before it were kept)")
     with torch.no_grad():
-        x_fp = stem(teacher, torch.from_numpy(preprocess.normalize(images.pixels)), c.chunk)
+        spill = keep if keep is not None else Path(tempfile.gettempdir())
+        spill.mkdir(parents=True, exist_ok=True)
+        x_fp = stem(teacher, Pixels(images, preprocess), c.chunk, spill)
         x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
         for tb, sb in zip(tbs[:done], blocks(student)[:done]):  # what the finished blocks give, recomputed
             x_fp, x_pr = teacher_outputs(tb, x_fp, c.chunk), chunked(sb, x_pr, c.chunk)
@@ -238,7 +242,7 @@ def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: Reconstr
                     yield xs[idx], ys[idx] - off, off
 
         w, b = relu_fit(rows, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels,
-                        damp, config.relu_rounds)
+                        damp, config.relu_rounds, folder_of(x_fp))
         conv.weight.copy_(w.reshape(conv.weight.shape))
         return b
 

@@ -1,0 +1,132 @@
+"""The default pruned run's peak memory against the number of recovery images: `compress run --variants fp32,p30`
+as the README gives it, once per image count, each in its own process, its peak resident memory read from the
+kernel when it ends (wait4's ru_maxrss), the disk its spilled activations took sampled beside it.
+
+    python benchmarks/memory.py [--images 1000 2000]
+
+1,000 is the default command exactly (the calibration folder's 1,000 images). Counts beyond the folder's fit on
+a folder of its images and their mirror images, made once under ~/.cache/compress-reference/ (the images are
+never copied into the project): what is measured is the memory, not a recovery worth shipping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import REF, ROOT, commit, machine, publish, reference_checkpoint
+
+
+def mirrored(n: int) -> Path:
+    """A folder of n images: the calibration images, then as many of their mirror images as n asks for."""
+    from PIL import Image, ImageOps
+
+    folder = Path("~/.cache/compress-reference").expanduser() / f"imagenet-calib-mirrored-{n}"
+    if (folder / "labels.txt").exists():
+        return folder
+    lines = (REF / "imagenet-calib" / "labels.txt").read_text().split("\n")
+    items = [line.rsplit(maxsplit=1) for line in lines if line.strip()]
+    work = folder.with_suffix(".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "images").mkdir(parents=True)
+    out = []
+    for k in range(n):
+        rel, label = items[k % len(items)]
+        name = f"images/{k:05d}-{Path(rel).stem}.jpg"
+        with Image.open(REF / "imagenet-calib" / rel) as im:
+            im = im.convert("RGB")
+            (ImageOps.mirror(im) if k >= len(items) else im).save(work / name, quality=95)
+        out.append(f"{name} {label}")
+    (work / "labels.txt").write_text("\n".join(out) + "\n")
+    work.rename(folder)
+    return folder
+
+
+def run(out: Path, images: int) -> dict:
+    args = [sys.executable, "-m", "compress", "run", "--model", reference_checkpoint(), "--arch", "resnet50-v1",
+            "--data", str(REF / "imagenet-val"), "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,p30",
+            "--backends", "onnxruntime-cpu", "--out", str(out)]
+    if images != 1000:
+        args += ["--distill-images", str(mirrored(images)), "--reconstruction-images", str(images)]
+    free = [shutil.disk_usage(ROOT).free]
+    done = threading.Event()
+
+    def sample() -> None:  # the disk the run's spilled activations take (other writers would show too)
+        while not done.wait(2.0):
+            free.append(shutil.disk_usage(ROOT).free)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    with open(out.with_suffix(".log"), "wb") as log:
+        p = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    if p.returncode not in (0, 3):  # 3: over the accuracy budget, still a result
+        raise SystemExit(f"compress run failed ({p.returncode}); see {out.with_suffix('.log')}")
+    report = json.loads((out / "report.json").read_text())
+    row = next(r for r in report["results"] if r["variant"] == "p30")
+    stage = json.loads((out / "variants" / "p30" / "stage.json").read_text())
+    recovery = next(s["minutes"] for s in stage["recovery"] if "reconstruction" in s)
+    return {"images": images, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "minutes": seconds / 60,
+            "recovery_minutes": recovery, "disk_gb": (free[0] - min(free)) / 1e9,
+            "onnx_sha256": hashlib.sha256((out / "variants" / "p30" / "model.onnx").read_bytes()).hexdigest(),
+            "top1_delta": row.get("top1_delta"), "agreement": row.get("agreement"),
+            "speedup": row.get("speedup"), "env": report["env"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, nargs="+", default=[1000, 2000])
+    a = p.parse_args()
+    code = commit()
+    rows = []
+    for n in a.images:
+        out = ROOT / "runs" / f"memory-{n}"
+        shutil.rmtree(out, ignore_errors=True)
+        rows.append(run(out, n))
+    env = rows[0].pop("env")
+    for r in rows[1:]:
+        r.pop("env")
+    lines = ["# Peak memory of the default pruned run", "",
+             f"Command: `python benchmarks/memory.py --images {' '.join(map(str, a.images))}` (commit {code}); each "
+             "row is `compress run --model \"$(python ../shared/reference/get_resnet50.py)\" --arch resnet50-v1 "
+             "--data ../shared/reference/imagenet-val --calib ../shared/reference/imagenet-calib --variants fp32,p30 "
+             "--backends onnxruntime-cpu`, with `--distill-images <calibration images and their mirror images> "
+             "--reconstruction-images N` beyond 1,000.", "",
+             f"Machine: {machine(env)}.", "",
+             "| recovery images | peak RSS | spilled activations on disk (peak) | whole run | recovery | p30 top-1 Δ | "
+             "p30 agreement | p30 speedup |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['images']:,} | {r['peak_rss_gb']:.2f} GB | {r['disk_gb']:.1f} GB | "
+                     f"{r['minutes']:.1f} min | {r['recovery_minutes']:.1f} min | {_points(r['top1_delta'])} | "
+                     f"{_percent(r['agreement'])} | {_times(r['speedup'])} |")
+    lines += ["", "p30 model.onnx sha256: " + ", ".join(f"{r['images']:,}: `{r['onnx_sha256']}`" for r in rows) + "."]
+    publish("memory", {"images": a.images, "rows": rows, "env": env}, lines)
+
+
+def _points(x) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
+def _percent(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _times(x) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
+if __name__ == "__main__":
+    main()
