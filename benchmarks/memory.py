@@ -56,12 +56,13 @@ def run(out: Path, images: int) -> dict:
             "--backends", "onnxruntime-cpu", "--out", str(out)]
     if images != 1000:
         args += ["--distill-images", str(mirrored(images)), "--reconstruction-images", str(images)]
-    free = [shutil.disk_usage(ROOT).free]
+    free, load = [shutil.disk_usage(ROOT).free], []
     done = threading.Event()
 
-    def sample() -> None:  # the disk the run's spilled activations take (other writers would show too)
-        while not done.wait(2.0):
+    def sample() -> None:  # the disk the run's spilled activations take (other writers would show too), and the
+        while not done.wait(2.0):  # machine's load, which says whether the minutes are a quiet machine's
             free.append(shutil.disk_usage(ROOT).free)
+            load.append(os.getloadavg()[0])
 
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
@@ -81,6 +82,7 @@ def run(out: Path, images: int) -> dict:
     recovery = next(s["minutes"] for s in stage["recovery"] if "reconstruction" in s)
     return {"images": images, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "minutes": seconds / 60,
             "recovery_minutes": recovery, "disk_gb": (free[0] - min(free)) / 1e9,
+            "load": sum(load) / max(1, len(load)),
             "onnx_sha256": hashlib.sha256((out / "variants" / "p30" / "model.onnx").read_bytes()).hexdigest(),
             "top1_delta": row.get("top1_delta"), "agreement": row.get("agreement"),
             "speedup": row.get("speedup"), "env": report["env"]}
@@ -106,13 +108,16 @@ def main() -> None:
              "--backends onnxruntime-cpu`, with `--distill-images <calibration images and their mirror images> "
              "--reconstruction-images N` beyond 1,000.", "",
              f"Machine: {machine(env)}.", "",
-             "| recovery images | peak RSS | spilled activations on disk (peak) | whole run | recovery | p30 top-1 Δ | "
-             "p30 agreement | p30 speedup |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| recovery images | peak RSS | spilled activations on disk (peak) | whole run | recovery | "
+             "machine load | p30 top-1 Δ | p30 agreement | p30 speedup |", "|" + " ---: |" * 9]
     for r in rows:
         lines.append(f"| {r['images']:,} | {r['peak_rss_gb']:.2f} GB | {r['disk_gb']:.1f} GB | "
-                     f"{r['minutes']:.1f} min | {r['recovery_minutes']:.1f} min | {_points(r['top1_delta'])} | "
+                     f"{r['minutes']:.1f} min | {r['recovery_minutes']:.1f} min | {r['load']:.1f} | "
+                     f"{_points(r['top1_delta'])} | "
                      f"{_percent(r['agreement'])} | {_times(r['speedup'])} |")
-    lines += ["", "p30 model.onnx sha256: " + ", ".join(f"{r['images']:,}: `{r['onnx_sha256']}`" for r in rows) + "."]
+    lines += ["", "Machine load: the mean 1-minute load average while the row ran (2 cores: about 2 when the run had "
+              "the machine to itself; the minutes of a row run beside other work are not a quiet machine's).", "",
+              "p30 model.onnx sha256: " + ", ".join(f"{r['images']:,}: `{r['onnx_sha256']}`" for r in rows) + "."]
     publish("memory", {"images": a.images, "rows": rows, "env": env}, lines)
 
 
