@@ -1,6 +1,6 @@
 """The default pruned run's peak memory against the number of recovery images: `compress run --variants fp32,p30`
 as the README gives it, once per image count, each in its own process, its peak resident memory read from the
-kernel when it ends (wait4's ru_maxrss), the disk its spilled activations took sampled beside it.
+kernel when it ends (wait4's ru_maxrss), the size of the files it spilled to sampled every 2 seconds.
 
     python benchmarks/memory.py [--images 1000 2000]
 
@@ -50,25 +50,41 @@ def mirrored(n: int) -> Path:
     return folder
 
 
+def spilled_bytes(pid: int) -> int:
+    """The size of the unnamed (deleted) files process `pid` holds open: its spilled activations and rows (Linux's
+    /proc; 0 elsewhere)."""
+    total = 0
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd).endswith("(deleted)"):
+                    total += fd.stat().st_size
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return total
+
+
 def run(out: Path, images: int) -> dict:
     args = [sys.executable, "-m", "compress", "run", "--model", reference_checkpoint(), "--arch", "resnet50-v1",
             "--data", str(REF / "imagenet-val"), "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,p30",
             "--backends", "onnxruntime-cpu", "--out", str(out)]
     if images != 1000:
         args += ["--distill-images", str(mirrored(images)), "--reconstruction-images", str(images)]
-    free, load = [shutil.disk_usage(ROOT).free], []
+    disk, load = [0], []
     done = threading.Event()
 
-    def sample() -> None:  # the disk the run's spilled activations take (other writers would show too), and the
-        while not done.wait(2.0):  # machine's load, which says whether the minutes are a quiet machine's
-            free.append(shutil.disk_usage(ROOT).free)
+    def sample() -> None:  # the disk the run's spilled files take, and the machine's load (are the minutes a quiet
+        while not done.wait(2.0):  # machine's?)
+            disk.append(spilled_bytes(p.pid))
             load.append(os.getloadavg()[0])
 
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
     started = time.perf_counter()
     with open(out.with_suffix(".log"), "wb") as log:
         p = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log)
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
@@ -81,7 +97,7 @@ def run(out: Path, images: int) -> dict:
     stage = json.loads((out / "variants" / "p30" / "stage.json").read_text())
     recovery = next(s["minutes"] for s in stage["recovery"] if "reconstruction" in s)
     return {"images": images, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "minutes": seconds / 60,
-            "recovery_minutes": recovery, "disk_gb": (free[0] - min(free)) / 1e9,
+            "recovery_minutes": recovery, "disk_gb": max(disk) / 1e9,
             "load": sum(load) / max(1, len(load)),
             "onnx_sha256": hashlib.sha256((out / "variants" / "p30" / "model.onnx").read_bytes()).hexdigest(),
             "top1_delta": row.get("top1_delta"), "agreement": row.get("agreement"),
