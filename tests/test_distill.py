@@ -4,6 +4,7 @@ uninterrupted run ends with, and gives one process's result when split over two 
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -164,6 +165,12 @@ def test_distill_a_run_directory_then_the_run_keeps_it(tiny_checkpoint, data_dir
     assert [next(iter(s)) for s in rows["p15"]["recovery"]] == ["reconstruction", "distillation"]
     assert rows["p15"]["recovery"][1]["distillation"]["epochs"] == 2
     assert rows["p15"]["agreement"] >= 0.9
+    assert not any("distilled on" in w for w in json.loads((out / "report.json").read_text())["warnings"])
+    # distilled on the evaluation images: the next run says so, as it says it of calibration images
+    assert main(["distill", str(out), "--variant", "p15", "--images", str(data_dirs["eval"]), "--epochs", "1"]) == 0
+    assert main(args) == 0
+    warnings = json.loads((out / "report.json").read_text())["warnings"]
+    assert any(w.startswith("64 evaluation image(s) are also images p15 was distilled on") for w in warnings)
     for bad, needle in ((["--variant", "int8"], "not a pruned FP32 variant"),
                         (["--variant", "p40"], "not found"),
                         (["--variant", "p15", "--images", str(tmp_path / "none")], "--images folder not found")):

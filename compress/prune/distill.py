@@ -259,8 +259,11 @@ def distill_variant(root, name: str, folder: str, spec: DistillSpec) -> dict:
         prune.save(student, student_path, saved["arch"], saved["facts"])
         export.export(student, onnx_path, pre.crop, meta)
         sample = pre.normalize(images.pixels[:8])
+        # what it was distilled on, by content: the next `compress run` flags evaluation images among them
+        seen = record.get("distill_images") if isinstance(record.get("distill_images"), list) else []
         amend(run.variant_dir(name), ["model.onnx", "model.pt"],
               {"recovery": [*record["recovery"], {"distillation": facts}],
+               "distill_images": sorted({*map(str, seen), *(h[:16] for h in images.hashes)}),
                "parity": export.parity(student, onnx_path, sample)})
         checkpoint.unlink(missing_ok=True)
     return facts

@@ -137,7 +137,13 @@ def prune_variant(ctx: Context, v: Variant) -> None:
         return {"source": "torch", "prune": facts, "recovery": steps or ["none"], "params": facts["params"],
                 "macs": facts["macs"], "parity": exporter.parity(net, d / "model.onnx", ctx.sample)}
 
-    ctx.record(v, *stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], fill))
+    record, reused = stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], fill)
+    ctx.record(v, record, reused)
+    distilled = set(record.get("distill_images") or [])  # `compress distill --images` recorded them
+    same = [n for n, h in zip(ctx.evaluation.names, ctx.evaluation.hashes) if h[:16] in distilled]
+    if same:
+        ctx.warn(f"{len(same)} evaluation image(s) are also images {v.name} was distilled on (compress distill, "
+                 f"same content), e.g. {same[0]}: its accuracy is optimistic")
     if work.exists():  # the variant is finished: its recovery's intermediate files are not needed
         shutil.rmtree(work, ignore_errors=True)
 
