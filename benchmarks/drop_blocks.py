@@ -33,6 +33,7 @@ def main() -> None:
     from compress.core import model as models
     from compress.prune import channels as prune
     from compress.prune import drop as dropping
+    from compress.prune.config import DEFAULT
 
     pre = Preprocess()
     cache = ROOT / "runs" / "drop-blocks"
@@ -50,7 +51,8 @@ def main() -> None:
     for n in (int(x) for x in a.drops.split(",")):
         for greedy in (False, True):
             started = time.perf_counter()
-            net, facts = dropping.drop(teacher, recovery, pre, n, greedy=greedy)
+            net, facts = dropping.drop(teacher, recovery, pre, n,
+                                       DEFAULT.replace(drop_selection="greedy" if greedy else "independent"))
             seconds = round(time.perf_counter() - started)
             bare = copy.deepcopy(teacher)
             prune.drop_blocks(bare, facts["blocks_dropped"])

@@ -73,6 +73,41 @@ def test_dropping_refines_the_blocks_it_refits_as_time_allows(tiny_model, data_d
     assert errors[1] < errors[0]
 
 
+def test_a_killed_drop_resumes_after_its_last_finished_block(tiny_model, data_dirs, tmp_path, monkeypatch):
+    """Killed in the second block it re-fits: the rerun chooses the same block to drop, recomputes what the
+    finished one gives, fits only the rest, and ends with the bits of an uninterrupted run."""
+    from compress.prune import reconstruct
+
+    calib = images(data_dirs["calib"])
+    config = ReconstructConfig(refine_epochs=1)
+    whole, facts = dropping.drop(tiny_model, calib, TINY, 1, config, progress=False)
+    refits = len(facts["refine_passes"])
+    assert refits >= 2
+    real, calls = dropping.fit_block, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill in the second block re-fitted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dropping, "fit_block", killed)
+    with pytest.raises(KeyboardInterrupt):
+        dropping.drop(tiny_model, calib, TINY, 1, config, keep=tmp_path, progress=False)
+    assert prune.load_record(tmp_path / reconstruct.PROGRESS)["facts"]["cut"] == [facts_index(facts, tiny_model)]
+    calls.clear()
+    monkeypatch.setattr(dropping, "fit_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again, _ = dropping.drop(tiny_model, calib, TINY, 1, config, keep=tmp_path, progress=False)
+    assert len(calls) == refits - 1  # the finished block was not fitted again
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), again.state_dict().values()))
+
+
+def facts_index(facts: dict, model) -> int:
+    """The block index of the one block `facts` says was dropped."""
+    names = [n for n, m in model.named_modules() if type(m).__name__ == "Bottleneck"]
+    return names.index(facts["blocks_dropped"][0])
+
+
 @pytest.mark.slow
 def test_dn_and_its_int8_cpu_sibling_run_end_to_end(tiny_checkpoint, data_dirs, tmp_path, capsys):
     out = tmp_path / "run"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 ALLOCATIONS = ("stages", "uniform", "sensitivity")  # where the channels go (`allocate`)
 SELECTIONS = ("obs", "energy")  # which channels stay (`reconstruct.choose_channels`)
+DROP_SELECTIONS = ("greedy", "independent")  # which blocks dN drops (`drop.drop`)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class ReconstructConfig:
     sensitivity_images: int = 64
     selection: str = "obs"  # obs: optimal brain surgeon on the consumer; energy: activation energy
     selection_images: int = 512  # obs: the consumer statistics of this many images choose the channels
+    # dN: "greedy", one block at a time, each measured with those already chosen gone; "independent", the n least
+    # sensitive, each measured alone (benchmarks/results/drop-blocks.md)
+    drop_selection: str = "greedy"
     damp: float = 1e-3  # ridge damping, relative to the mean diagonal of X^T X
     positions: int = 512  # sampled output positions per image in the fits
     chunk: int = 16  # images a forward pass holds at once
@@ -39,6 +43,8 @@ class ReconstructConfig:
             raise ValueError(f"unknown allocation {self.allocation!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}")
+        if self.drop_selection not in DROP_SELECTIONS:
+            raise ValueError(f"unknown drop selection {self.drop_selection!r}")
 
     def replace(self, **changes) -> ReconstructConfig:
         return dataclasses.replace(self, **changes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import sys
 import tempfile
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from compress.core.errors import UserError, require
 from compress.prune import channels as prune
 from compress.prune.allocate import blocks
 from compress.prune.config import DEFAULT, ReconstructConfig
-from compress.prune.reconstruct import fit_block, generator
+from compress.prune.reconstruct import fit_block, generator, resumed, save_progress, teacher_outputs
 from compress.prune.stream import Pixels, chunked, head, stem
 
 
@@ -51,19 +50,22 @@ def drop_sensitivities(teacher, images, preprocess, gone=(), chunk: int = 16) ->
 
 
 def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAULT,
-         plan: Callable | None = None, greedy: bool = True, progress: bool = True) -> tuple[object, dict]:
+         plan: Callable | None = None, keep: Path | None = None, progress: bool = True) -> tuple[object, dict]:
     """A copy of `teacher` without `n` identity-shortcut blocks, chosen greedily: each time the one whose drop moves
     the output least with those already chosen gone (`drop_sensitivities` on `config.sensitivity_images` of `images`;
-    `greedy=False`: the n least sensitive alone, measured once).
+    `config.drop_selection` "independent": the n least sensitive alone, measured once).
     Then every block after the first one dropped is re-fitted on `images` as `reconstruct` does, at full width:
     from the dropped network's own inputs to the FP32 activations, so each block's conv3 makes up what the blocks
     before it no longer add; each then refined as `reconstruct` refines (`config.refine_epochs` passes, or
-    `plan(counts, blocks)` for the blocks re-fitted). Returns the model and what was done."""
+    `plan(counts, blocks)` for the blocks re-fitted). With `keep`, a folder, every finished block is saved there
+    and a killed run resumes after the last one, as `reconstruct` does; the activations are spilled there (else to
+    the system's temporary folder). Returns the model and what was done."""
     torch = require("torch")
     from torchvision.models.resnet import Bottleneck
     from tqdm import tqdm
 
     chunk, sensitivity_images, refine_epochs = config.chunk, config.sensitivity_images, config.refine_epochs
+    greedy = config.drop_selection == "greedy"
     teacher = teacher.eval()
     candidates = droppable(teacher)
     if not 0 < n <= len(candidates):
@@ -75,15 +77,18 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
         gone += sorted(sens, key=sens.__getitem__)[: 1 if greedy else n]
         chosen.append(sens)
     gone.sort()
-    student = copy.deepcopy(teacher)
-    names = [name for name, m in student.named_modules() if isinstance(m, Bottleneck)]
+    names = [name for name, m in teacher.named_modules() if isinstance(m, Bottleneck)]
     tbs = blocks(teacher)
     refit = [i for i in range(len(tbs)) if i > gone[0] and i not in gone]  # before the first drop: nothing to make up
     refitted = [tbs[i] for i in refit]
     whole = [(b.conv1.out_channels, b.conv2.out_channels) for b in refitted]
-    passes = dict(zip(refit, plan(whole, refitted) if plan is not None else [refine_epochs] * len(refit)))
+    planned = plan(whole, refitted) if plan is not None else [refine_epochs] * len(refit)
+    passes = dict(zip(refit, planned))
+    student, done = resumed(teacher, keep, gone, planned)
     with torch.no_grad():
-        x_fp = stem(teacher, Pixels(images, preprocess), chunk, Path(tempfile.gettempdir()))  # spilled: `Spill`
+        spill = keep if keep is not None else Path(tempfile.gettempdir())
+        spill.mkdir(parents=True, exist_ok=True)
+        x_fp = stem(teacher, Pixels(images, preprocess), chunk, spill)
         x_pr = x_fp
         pairs = list(enumerate(zip(tbs, blocks(student))))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)
@@ -91,11 +96,14 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
             if i not in refit:  # dropped, or before the first drop
                 x_fp = chunked(tb, x_fp, chunk)
                 x_pr = x_pr if i in gone else x_fp
-                continue
-            kept = (tb.conv1.out_channels, tb.conv2.out_channels)
-            x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(config, i), config, lambda i=i: passes[i])
+            elif i < done:  # finished by a killed run: what it gives, recomputed as `reconstruct` recomputes it
+                x_fp, x_pr = teacher_outputs(tb, x_fp, chunk), chunked(sb, x_pr, chunk)
+            else:
+                kept = (tb.conv1.out_channels, tb.conv2.out_channels)
+                x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(config, i), config, lambda i=i: passes[i])
+                save_progress(student, keep, i + 1, gone, planned)
     prune.drop_blocks(student, [names[i] for i in gone])
-    facts = {"method": "drop", "selection": "greedy" if greedy else "independent",
+    facts = {"method": "drop", "selection": config.drop_selection,
              "blocks_dropped": [names[i] for i in gone], "images": len(images),
              "refine_epochs": refine_epochs, "refine_passes": [passes[i] for i in refit], "seed": config.seed,
              "sensitivity": {"images": min(sensitivity_images, len(images)),

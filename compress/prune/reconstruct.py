@@ -122,7 +122,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
     counts, cut_facts = cut(teacher, preprocess.crop, mac_reduction, c, (images, preprocess))
     tbs = blocks(teacher)
     passes = plan(counts, tbs) if plan is not None else [c.refine_epochs] * len(tbs)
-    student, done = _resumed(teacher, keep, counts, passes)
+    student, done = resumed(teacher, keep, counts, passes)
     if done:
         log(f"reconstruct: resuming at block {done + 1} of {len(tbs)} (the blocks before it were kept)")
     with torch.no_grad():
@@ -138,9 +138,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
             if i < done:
                 continue
             x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(c, i), c, lambda i=i: passes[i])
-            if keep is not None:
-                save_progress(student, keep, {"done": i + 1, "counts": counts, "passes": passes})
-                log(f"reconstruct: block {i + 1} of {len(tbs)} kept")
+            save_progress(student, keep, i + 1, counts, passes)
             bar.update(1)
         bar.close()
     facts = {"method": "reconstruct", "mac_reduction": mac_reduction, "round_to": c.round_to,
@@ -152,25 +150,37 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
 PROGRESS = "progress.pt"
 
 
-def save_progress(student, keep: Path, facts: dict) -> None:
-    """The student with its finished blocks, and how far it got, written atomically."""
-    prune.save(student, keep / PROGRESS, "", facts)  # reloaded into a copy of the teacher: no architecture name
+def save_progress(student, keep: Path | None, done: int, cut: list, passes: list) -> None:
+    """The student with its first `done` blocks finished, written atomically to `keep` (if given) with the cut and
+    the plan it was made with."""
+    if keep is None:
+        return
+    # reloaded into a copy of the teacher: no architecture name
+    prune.save(student, keep / PROGRESS, "", {"done": done, "cut": cut, "passes": passes})
+    log(f"reconstruct: block {done} of {len(blocks(student))} kept")
 
 
-def _resumed(teacher, keep: Path | None, counts: list, passes: list) -> tuple:
+def resumed(teacher, keep: Path | None, cut: list, passes: list) -> tuple:
     """The student to continue and how many blocks it has finished: from `keep` when a killed run left one made
-    with the same cut and plan, else a fresh copy of the teacher."""
+    with the same cut (pNN: each block's counts; dN: the blocks dropped) and plan, else a fresh copy of the
+    teacher."""
     path = None if keep is None else keep / PROGRESS
     if path is not None and path.exists():
         try:
             record = prune.load_record(path)
             facts = record["facts"]
-            same = [list(k) for k in facts["counts"]] == [list(k) for k in counts]
-            if same and list(facts["passes"]) == list(passes):
+            if _json(facts["cut"]) == _json(cut) and _json(facts["passes"]) == _json(passes):
                 return prune.resized(copy.deepcopy(teacher), record["state_dict"], path), int(facts["done"])
         except (UserError, KeyError, TypeError, ValueError, RuntimeError, AttributeError):
             pass  # damaged or from other options: start again
     return copy.deepcopy(teacher), 0
+
+
+def _json(x):
+    """x as JSON gives it back (tuples become lists): a recorded cut compares equal to the one asked."""
+    import json
+
+    return json.loads(json.dumps(x))
 
 
 def teacher_outputs(tb, x_fp, chunk: int):

@@ -68,7 +68,7 @@ def _reconstruct(ctx: Context, v: Variant, work: Path) -> tuple:
     started = time.perf_counter()
     config, plan = reconstruct_config(ctx.spec.prune), planner(ctx, v, work)
     if v.dropped_blocks is not None:
-        net, facts = drop(ctx.torch_model(), subset, ctx.pre, v.dropped_blocks, config, plan)
+        net, facts = drop(ctx.torch_model(), subset, ctx.pre, v.dropped_blocks, config, plan, keep=work)
     else:
         net, facts = reconstruct.reconstruct(ctx.torch_model(), subset, ctx.pre, v.prune_ratio, config, plan,
                                              keep=work)
