@@ -11,7 +11,7 @@ from compress.core.errors import UserError, require
 from compress.prune.allocate import blocks
 from compress.prune.config import ReconstructConfig
 from compress.prune.lstsq import identity_bn
-from compress.prune.stream import chunked, gather
+from compress.prune.stream import chunked, folder_of, gather
 
 
 def convs(tb, k1: int, k2: int) -> tuple:
@@ -32,7 +32,7 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
     torch = require("torch")
     chunk, batch = config.chunk, config.refine_batch
 
-    def outputs():  # the block's outputs and their squared error to `target`, in one pass
+    def outputs(keep: bool = True):  # the block's outputs (kept where x is) and their squared error to `target`
         error = 0.0
 
         def f(i):
@@ -41,9 +41,13 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
             error += float((y - target[i:i + chunk].float()).pow(2).sum())
             return y
 
-        return gather(f, len(x), chunk), error
+        if not keep:
+            for i in range(0, len(x), chunk):
+                f(i)
+            return None, error
+        return gather(f, len(x), chunk, folder_of(x)), error
 
-    before, saved = outputs()[1], copy.deepcopy(block.state_dict())
+    before, saved = outputs(keep=False)[1], copy.deepcopy(block.state_dict())
     batch = min(batch, len(x))
     steps = epochs * (len(x) // batch)
     with torch.enable_grad():
