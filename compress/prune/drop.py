@@ -12,7 +12,7 @@ from compress.prune import channels as prune
 from compress.prune.allocate import blocks
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.reconstruct import fit_block, generator, resumed, save_progress, teacher_outputs
-from compress.prune.stream import Pixels, chunked, head, stem
+from compress.prune.stream import Pixels, chunked, head, keep_freed_memory, stem
 
 
 def droppable(model) -> list[int]:
@@ -99,6 +99,7 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
             elif i < done:  # finished by a killed run: what it gives, recomputed as `reconstruct` recomputes it
                 x_fp, x_pr = teacher_outputs(tb, x_fp, chunk), chunked(sb, x_pr, chunk)
             else:
+                keep_freed_memory()  # chunk-sized tensors freed and allocated again, without the kernel's help
                 kept = (tb.conv1.out_channels, tb.conv2.out_channels)
                 x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(config, i), config, lambda i=i: passes[i])
                 save_progress(student, keep, i + 1, gone, planned)

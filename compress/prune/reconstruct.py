@@ -44,7 +44,7 @@ from compress.prune.allocate import (
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
 from compress.prune.refine import convs, refine
-from compress.prune.stream import Pixels, chunked, folder_of, head, stem
+from compress.prune.stream import Pixels, chunked, folder_of, head, keep_freed_memory, stem
 
 REVISION = 5  # of what a recovery does with the same options: a saved pruned model from another one is redone
 # (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
@@ -137,6 +137,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
         for i, (tb, sb, kept) in enumerate(zip(tbs, blocks(student), counts)):
             if i < done:
                 continue
+            keep_freed_memory()  # chunk-sized tensors freed and allocated again, without the kernel's help
             x_fp, x_pr = fit_block(tb, sb, kept, x_fp, x_pr, generator(c, i), c, lambda i=i: passes[i])
             save_progress(student, keep, i + 1, counts, passes)
             bar.update(1)
