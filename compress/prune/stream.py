@@ -111,11 +111,9 @@ def keep_freed_memory() -> None:
     last one's leftovers. A process-wide setting, asked by the reconstruction at every block; elsewhere than glibc
     (macOS, musl) nothing changes."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
