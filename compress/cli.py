@@ -150,9 +150,9 @@ def parser() -> argparse.ArgumentParser:
                     "(taylor uses the calibration images' labels) (default %(default)s)")
     pr.add_argument("--reconstruction-images", type=_positive_int,
                     default=_default(PruneSpec, "reconstruction_images"),
-                    help="unlabelled images the reconstruction fits on (default %(default)s: about 15 minutes of "
-                    "closed-form fits for ResNet-50 at p30 on 2 CPU cores, then the refinement; fewer is faster "
-                    "and less accurate)")
+                    help="unlabelled images the reconstruction fits on (default %(default)s; its time grows with "
+                    "them, its memory does not: their activations are spilled to the run's cache; fewer is "
+                    "faster and less accurate)")
     pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=_default(PruneSpec, "refine_epochs"),
                     metavar="N", help="reconstruct: passes of Adam over the images per block after its closed-form "
                     "fit, toward the FP32 block's output (default %(default)s, about 3.5 minutes a pass for "
