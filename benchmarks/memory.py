@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REF, ROOT, commit, machine, publish, reference_checkpoint
+from common import REF, RESULTS, ROOT, commit, machine, publish, reference_checkpoint
 
 
 def mirrored(n: int) -> Path:
@@ -107,7 +107,13 @@ def run(out: Path, images: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, nargs="+", default=[1000, 2000])
+    p.add_argument("--render", action="store_true", help="rewrite results/memory.md from memory.json, run nothing")
     a = p.parse_args()
+    if a.render:
+        data = json.loads((RESULTS / "memory.json").read_text())
+        code = data.get("code_commit") or _commit_in_markdown()
+        (RESULTS / "memory.md").write_text("\n".join(render(data["images"], data["rows"], data["env"], code)) + "\n")
+        return
     code = commit()
     rows = []
     for n in a.images:
@@ -117,8 +123,19 @@ def main() -> None:
     env = rows[0].pop("env")
     for r in rows[1:]:
         r.pop("env")
+    publish("memory", {"images": a.images, "rows": rows, "env": env, "code_commit": code},
+            render(a.images, rows, env, code))
+
+
+def _commit_in_markdown() -> str:
+    """The commit the published rows ran at, as memory.md names it (files written before code_commit was kept)."""
+    text = (RESULTS / "memory.md").read_text()
+    return text.split("(commit ", 1)[1].split(")", 1)[0]
+
+
+def render(images: list[int], rows: list[dict], env: dict, code: str) -> list[str]:
     lines = ["# Peak memory of the default pruned run", "",
-             f"Command: `python benchmarks/memory.py --images {' '.join(map(str, a.images))}` (commit {code}); each "
+             f"Command: `python benchmarks/memory.py --images {' '.join(map(str, images))}` (commit {code}); each "
              "row is `compress run --model \"$(python ../shared/reference/get_resnet50.py)\" --arch resnet50-v1 "
              "--data ../shared/reference/imagenet-val --calib ../shared/reference/imagenet-calib --variants fp32,p30 "
              "--backends onnxruntime-cpu`, with `--distill-images <calibration images and their mirror images> "
@@ -134,11 +151,11 @@ def main() -> None:
     lines += ["", "Machine load: the mean 1-minute load average while the row ran (2 cores: about 2 when the run had "
               "the machine to itself; the minutes of a row run beside other work are not a quiet machine's).", "",
               "p30 model.onnx sha256: " + ", ".join(f"{r['images']:,}: `{r['onnx_sha256']}`" for r in rows) + "."]
-    publish("memory", {"images": a.images, "rows": rows, "env": env}, lines)
+    return lines
 
 
-def _points(x) -> str:
-    return "—" if x is None else f"{100 * x:+.1f}"
+def _points(x) -> str:  # top1_delta is in points already
+    return "—" if x is None else f"{x:+.1f}"
 
 
 def _percent(x) -> str:
