@@ -91,6 +91,14 @@ def scores(out: np.ndarray, base: np.ndarray, labels: np.ndarray) -> dict:
             "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}
 
 
+def default_pruned_run(out) -> list[str]:
+    """The README's default pruned command on the reference assets, `compress run --variants fp32,p30`, into
+    `out`, as an argv for this Python."""
+    return [sys.executable, "-m", "compress", "run", "--model", reference_checkpoint(), "--arch", "resnet50-v1",
+            "--data", str(REF / "imagenet-val"), "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,p30",
+            "--backends", "onnxruntime-cpu", "--out", str(out)]
+
+
 def commit() -> str:
     """The checkout's commit, marked when the working tree differs from it: a figure names the code it came from."""
     def git(*args: str) -> str:

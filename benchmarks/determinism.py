@@ -24,14 +24,12 @@ import threading
 import time
 from pathlib import Path
 
-from common import REF, ROOT, commit, publish, reference_checkpoint
+from common import ROOT, commit, default_pruned_run, publish
 
 
 def run(out, images: int, busy: int) -> tuple[float, float]:
     """The command's wall seconds beside `busy` busy loops, and the machine's mean 1-minute load meanwhile."""
-    args = [sys.executable, "-m", "compress", "run", "--model", reference_checkpoint(), "--arch", "resnet50-v1",
-            "--data", str(REF / "imagenet-val"), "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,p30",
-            "--backends", "onnxruntime-cpu", "--out", str(out)]
+    args = default_pruned_run(out)
     if images != 1000:
         args += ["--reconstruction-images", str(images), "--rounds", "1", "--latency-runs", "5", "--eval-limit", "64"]
     busy_loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]

@@ -17,12 +17,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from common import REF, RESULTS, ROOT, commit, machine, publish, reference_checkpoint
+from common import REF, RESULTS, ROOT, commit, default_pruned_run, machine, publish
 
 
 def mirrored(n: int) -> Path:
@@ -67,9 +66,7 @@ def spilled_bytes(pid: int) -> int:
 
 
 def run(out: Path, images: int) -> dict:
-    args = [sys.executable, "-m", "compress", "run", "--model", reference_checkpoint(), "--arch", "resnet50-v1",
-            "--data", str(REF / "imagenet-val"), "--calib", str(REF / "imagenet-calib"), "--variants", "fp32,p30",
-            "--backends", "onnxruntime-cpu", "--out", str(out)]
+    args = default_pruned_run(out)
     if images != 1000:
         args += ["--distill-images", str(mirrored(images)), "--reconstruction-images", str(images)]
     disk, load = [0], []

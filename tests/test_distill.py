@@ -136,6 +136,14 @@ def _start(checkpoint):
     return net.state_dict()
 
 
+def test_a_record_of_distillation_images_is_read_as_untrusted():
+    from compress.prune.distill import content_key, distilled_on
+
+    assert distilled_on({"distill_images": ["0123456789abcdef", 7, None]}) == {"0123456789abcdef"}
+    assert distilled_on({"distill_images": 5}) == distilled_on({"distill_images": "abc"}) == distilled_on({}) == set()
+    assert content_key("0123456789abcdef" + "0" * 48) == "0123456789abcdef"
+
+
 @pytest.mark.slow
 def test_distill_a_run_directory_then_the_run_keeps_it(tiny_checkpoint, data_dirs, tmp_path, capsys):
     """`compress distill` on a run directory (what a GPU box does), then `compress run` with the same options:

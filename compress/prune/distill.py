@@ -226,6 +226,19 @@ class _Done(Exception):
     pass
 
 
+def content_key(sha256: str) -> str:
+    """The short key of an image's content (its sha256's first 16 hex digits) a stage record keeps of the images
+    its variant was distilled on."""
+    return sha256[:16]
+
+
+def distilled_on(record: dict) -> set[str]:
+    """The content keys of the images a stage record says its variant was distilled on (`compress distill`); a
+    record from elsewhere is read as untrusted: anything but a list of strings counts as none."""
+    keys = record.get("distill_images")
+    return {k for k in keys if isinstance(k, str)} if isinstance(keys, list) else set()
+
+
 def distill_variant(root, name: str, folder: str, spec: DistillSpec) -> dict:
     """Distil a pruned variant of a run directory on the images of `folder` (unlabelled), here: on a GPU box, or
     on several under torchrun, then bring the directory back. The variant's model.pt and model.onnx are replaced
@@ -260,10 +273,9 @@ def distill_variant(root, name: str, folder: str, spec: DistillSpec) -> dict:
         export.export(student, onnx_path, pre.crop, meta)
         sample = pre.normalize(images.pixels[:8])
         # what it was distilled on, by content: the next `compress run` flags evaluation images among them
-        seen = record.get("distill_images") if isinstance(record.get("distill_images"), list) else []
         amend(run.variant_dir(name), ["model.onnx", "model.pt"],
               {"recovery": [*record["recovery"], {"distillation": facts}],
-               "distill_images": sorted({*map(str, seen), *(h[:16] for h in images.hashes)}),
+               "distill_images": sorted(distilled_on(record) | {content_key(h) for h in images.hashes}),
                "parity": export.parity(student, onnx_path, sample)})
         checkpoint.unlink(missing_ok=True)
     return facts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from compress.prune import channels as prune
 from compress.prune.allocate import blocks
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.reconstruct import fit_block, generator, resumed, save_progress, teacher_outputs
-from compress.prune.stream import Pixels, chunked, head, keep_freed_memory, stem
+from compress.prune.stream import Pixels, chunked, head, keep_freed_memory, spill_folder, stem
 
 
 def droppable(model) -> list[int]:
@@ -86,9 +85,7 @@ def drop(teacher, images, preprocess, n: int, config: ReconstructConfig = DEFAUL
     passes = dict(zip(refit, planned))
     student, done = resumed(teacher, keep, gone, planned)
     with torch.no_grad():
-        spill = keep if keep is not None else Path(tempfile.gettempdir())
-        spill.mkdir(parents=True, exist_ok=True)
-        x_fp = stem(teacher, Pixels(images, preprocess), chunk, spill)
+        x_fp = stem(teacher, Pixels(images, preprocess), chunk, spill_folder(keep))
         x_pr = x_fp
         pairs = list(enumerate(zip(tbs, blocks(student))))
         bar = tqdm(pairs, desc="reconstruct", unit="block", file=sys.stderr, leave=False, disable=not progress)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from compress.prune.allocate import (
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
 from compress.prune.refine import convs, refine
-from compress.prune.stream import Pixels, chunked, folder_of, head, keep_freed_memory, stem
+from compress.prune.stream import Pixels, chunked, folder_of, head, keep_freed_memory, spill_folder, stem
 
 REVISION = 5  # of what a recovery does with the same options: a saved pruned model from another one is redone
 # (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
@@ -126,9 +125,7 @@ def reconstruct(teacher, images, preprocess, mac_reduction: float, config: Recon
     if done:
         log(f"reconstruct: resuming at block {done + 1} of {len(tbs)} (the blocks before it were kept)")
     with torch.no_grad():
-        spill = keep if keep is not None else Path(tempfile.gettempdir())
-        spill.mkdir(parents=True, exist_ok=True)
-        x_fp = stem(teacher, Pixels(images, preprocess), c.chunk, spill)
+        x_fp = stem(teacher, Pixels(images, preprocess), c.chunk, spill_folder(keep))
         x_pr = x_fp  # nothing pruned yet (blocks write new tensors, never into their inputs)
         for tb, sb in zip(tbs[:done], blocks(student)[:done]):  # what the finished blocks give, recomputed
             x_fp, x_pr = teacher_outputs(tb, x_fp, c.chunk), chunked(sb, x_pr, c.chunk)

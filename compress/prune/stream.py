@@ -122,6 +122,14 @@ def keep_freed_memory() -> None:
     libc.malloc_trim(0)
 
 
+def spill_folder(keep: Path | None) -> Path:
+    """Where a recovery spills its activations: its own folder `keep` (made if need be), else the system's
+    temporary folder."""
+    folder = keep if keep is not None else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def folder_of(x) -> Path | None:
     """Where x is spilled, or None for a tensor in memory."""
     return x.folder if isinstance(x, Spill) else None

@@ -139,8 +139,8 @@ def prune_variant(ctx: Context, v: Variant) -> None:
 
     record, reused = stage(ctx.run_dir.variant_dir(v.name), key, ["model.onnx", "model.pt"], fill)
     ctx.record(v, record, reused)
-    distilled = set(record.get("distill_images") or [])  # `compress distill --images` recorded them
-    same = [n for n, h in zip(ctx.evaluation.names, ctx.evaluation.hashes) if h[:16] in distilled]
+    distilled = distill.distilled_on(record)  # `compress distill --images` recorded them
+    same = [n for n, h in zip(ctx.evaluation.names, ctx.evaluation.hashes) if distill.content_key(h) in distilled]
     if same:
         ctx.warn(f"{len(same)} evaluation image(s) are also images {v.name} was distilled on (compress distill, "
                  f"same content), e.g. {same[0]}: its accuracy is optimistic")
