@@ -8,7 +8,8 @@ temporary file it was written to).
 --images sets --reconstruction-images, with a short evaluation (64 images, one round); at 1,000 the command is the
 README's default exactly (about 20 minutes quiet, two to four times that beside busy processes on 2 cores). The
 plan and the arithmetic are the same at any count. --against compares with a finished quiet run of the same
-command instead of running one (benchmarks/memory.py's runs/memory-1000 is the default command); --beside names
+command instead of running one (benchmarks/memory.py's runs/memory-1000 is the default command), --against-code
+the commit it ran at; --beside names
 other work that ran beside the loaded run, for the record. The machine's load is sampled while each run works.
 """
 
@@ -55,6 +56,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--busy", type=int, default=2)
     p.add_argument("--against", type=Path, help="a finished quiet run of the same command, compared with")
+    p.add_argument("--against-code", default="", help="the commit the --against run ran at, for the record")
     p.add_argument("--beside", default="", help="other work that ran beside the loaded run, for the record")
     a = p.parse_args()
     import torch
@@ -72,9 +74,11 @@ def main() -> None:
     sd = [prune.load_record(o / "variants" / "p30" / "model.pt")["state_dict"] for o in outs]
     same = sd[0].keys() == sd[1].keys() and all(torch.equal(sd[0][k], sd[1][k]) for k in sd[0])
     shown = f"python benchmarks/determinism.py --images {a.images} --busy {a.busy}" + (
-        f" --against {a.against}" if a.against else "") + (f' --beside "{a.beside}"' if a.beside else "")
+        f" --against {a.against}" if a.against else "") + (
+        f" --against-code {a.against_code}" if a.against_code else "") + (f' --beside "{a.beside}"' if a.beside else "")
+    at = f" (commit {a.against_code})" if a.against_code else ""
     first = (f"| quiet | {quiet[0] / 60:.1f} min | {quiet[1]:.1f} |" if quiet else
-             f"| quiet: {a.against} | see its own record | — |")
+             f"| quiet: {a.against}{at} | see its own record | — |")
     lines = ["# The same command, the same pruned model, under load", "",
              f"Command: `{shown}` (commit {code}).", "",
              "| run | wall | machine load | p30 model.onnx sha256 |", "| --- | ---: | ---: | --- |",
@@ -84,7 +88,8 @@ def main() -> None:
              "Machine load: the mean 1-minute load average while the run worked (2 cores: about 2 alone).", "",
              f"ONNX bytes identical: {onnx[0] == onnx[1]}; torch weights identical, tensor by tensor: {same}."]
     publish("determinism" if a.images == 64 else f"determinism-{a.images}", {
-        "images": a.images, "busy": a.busy, "against": str(a.against or ""), "beside": a.beside, "quiet": quiet,
+        "images": a.images, "busy": a.busy, "against": str(a.against or ""), "against_code": a.against_code,
+        "beside": a.beside, "quiet": quiet,
         "loaded": loaded, "onnx_sha256": onnx, "onnx_identical": onnx[0] == onnx[1], "weights_identical": same}, lines)
 
 
