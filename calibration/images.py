@@ -128,9 +128,12 @@ class ImageSet:
         their own."""
         if n >= len(self):
             return self
-        idx = sorted(sample(list(range(len(self))), n, seed))
-        return ImageSet(self.root, [self.names[i] for i in idx], self.labels[idx], self.pixels[idx],
-                        [self.hashes[i] for i in idx], [], f"{self.key}[sample {n}, seed {seed}]")
+        return self.take(sorted(sample(list(range(len(self))), n, seed)), f"sample {n}, seed {seed}")
+
+    def take(self, indices: list[int], what: str) -> ImageSet:
+        """The images at `indices`, as a set of their own whose key says `what` they are of this one."""
+        return ImageSet(self.root, [self.names[i] for i in indices], self.labels[indices], self.pixels[indices],
+                        [self.hashes[i] for i in indices], [], f"{self.key}[{what}]")
 
     def batches(self, preprocess: Preprocess, batch_size: int):
         """Yield (normalised float32 NCHW batch, labels) pairs."""

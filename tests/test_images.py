@@ -74,6 +74,16 @@ def test_limit_samples_across_classes(tmp_path):
     assert calibration.load(root, TINY, limit=8).names == subset.names
 
 
+def test_a_sample_of_a_set_is_what_load_picks_and_take_keeps_each_image_whole(tmp_path):
+    root = write_images(tmp_path / "t", 10, seed=0)
+    every = calibration.load(root, TINY)
+    assert sorted(every.sample(8).names) == sorted(calibration.load(root, TINY, limit=8).names)
+    part = every.take([5, 1, 7], "three")
+    assert part.names == [every.names[i] for i in (5, 1, 7)] and part.hashes == [every.hashes[i] for i in (5, 1, 7)]
+    assert np.array_equal(part.pixels[1], every.pixels[1]) and part.labels.tolist() == every.labels[[5, 1, 7]].tolist()
+    assert part.key == f"{every.key}[three]" != every.key
+
+
 def test_preprocess_matches_torchvision():
     torch = pytest.importorskip("torch")
     from PIL import Image
