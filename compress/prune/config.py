@@ -13,7 +13,8 @@ DROP_SELECTIONS = ("greedy", "independent")  # which blocks dN drops (`drop.drop
 @dataclass(frozen=True)
 class ReconstructConfig:
     """How pNN and dN are re-fitted. The defaults are what `compress run` uses; every figure behind them is in
-    benchmarks/results/ (prune-distill.md)."""
+    benchmarks/results/ (prune-distill.md; re-examined on the calibration folder, not the evaluation images, in
+    defaults.md)."""
 
     round_to: int = 8  # kept channel counts are multiples of this
     # where the cut goes: "stages", a share per stage (`stage_shares`); "uniform"; "sensitivity", from each
