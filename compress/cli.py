@@ -155,8 +155,8 @@ def parser() -> argparse.ArgumentParser:
                     "faster and less accurate)")
     pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=_default(PruneSpec, "refine_epochs"),
                     metavar="N", help="reconstruct: passes of Adam over the images per block after its closed-form "
-                    "fit, toward the FP32 block's output (default %(default)s, about 3.5 minutes a pass for "
-                    "ResNet-50 on 2 CPU cores; 0: closed form only)")
+                    "fit, toward the FP32 block's output (default %(default)s; each pass adds time in proportion "
+                    "to the images; 0: closed form only)")
     pr.add_argument("--allocation", default=_default(PruneSpec, "allocation"), choices=ALLOCATIONS,
                     help="reconstruct: stages, a share of the inner channels for each stage (layer1 loses most, "
                     "layer3 least, the last stage none: it is the most sensitive); uniform, the same share "
