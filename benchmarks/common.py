@@ -84,11 +84,16 @@ def torch_top5(net, images, preprocess) -> np.ndarray:
     return measure.top5(logits(net, images, preprocess))
 
 
+def logit_rmse(out: np.ndarray, base: np.ndarray) -> float:
+    """The RMS difference of the logits from FP32's (`base`): needs no label."""
+    return float(np.sqrt(((out - base) ** 2).mean()))
+
+
 def scores(out: np.ndarray, base: np.ndarray, labels: np.ndarray) -> dict:
     """Top-1, agreement with FP32's top-1 and the RMS logit difference from FP32's (`base`)."""
     top1 = out.argmax(1)
     return {"top1": float((top1 == labels).mean()), "agreement": float((top1 == base.argmax(1)).mean()),
-            "logit_rmse": float(np.sqrt(((out - base) ** 2).mean()))}
+            "logit_rmse": logit_rmse(out, base)}
 
 
 def default_pruned_run(out) -> list[str]:

@@ -20,7 +20,7 @@ import math
 import time
 
 import numpy as np
-from common import RESULTS, ROOT, commit, logits, machine, publish, reference_sets
+from common import RESULTS, ROOT, commit, logit_rmse, logits, machine, publish, reference_sets
 
 # name -> (what it changes from the default, the ReconstructConfig fields it sets); the default is what `compress
 # run` uses (`run.recovery.reconstruct_config` of the default PruneSpec)
@@ -144,7 +144,7 @@ def main() -> None:
         out = logits(net, scored, pre)
         row = {"row": name, "changes": {k: list(v) if isinstance(v, tuple) else v for k, v in ROWS[name][1].items()},
                "seconds": round(seconds), "macs": round(allocate.macs(net, pre.crop) / full, 4),
-               "logit_rmse": float(np.sqrt(((out - fp32) ** 2).mean())),
+               "logit_rmse": logit_rmse(out, fp32),
                "agrees": (out.argmax(1) == fp32.argmax(1)).astype(int).tolist()}
         with open(done, "a") as f:  # one line a row, flushed before the next starts: a stop loses no finished row
             f.write(json.dumps(row) + "\n")
