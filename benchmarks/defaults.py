@@ -25,8 +25,7 @@ from common import RESULTS, ROOT, commit, logit_rmse, logits, machine, publish, 
 # name -> (what it changes from the default, the ReconstructConfig fields it sets); the default is what `compress
 # run` uses (`run.recovery.reconstruct_config` of the default PruneSpec)
 ROWS = {
-    "default": ("today's default: stage shares 1.5 : 1.2 : 0.7 : 0, OBS channels, 2 ReLU rounds, 4 refinement passes "
-                "at lr 1e-3", {}),
+    "default": ("today's default", {}),  # spelled out from the config by `described`
     "refine-0": ("no refinement passes (the fit alone)", {"refine_epochs": 0}),
     "relu-0": ("no ReLU rounds (the plain least-squares fit)", {"relu_rounds": 0}),
     "energy": ("channels chosen by activation energy, not OBS", {"selection": "energy"}),
@@ -37,7 +36,20 @@ ROWS = {
     "refine-lr-3e-4": ("refinement at lr 3e-4", {"refine_lr": 3e-4}),
     "refine-2": ("2 refinement passes", {"refine_epochs": 2}),
     "damp-1e-2": ("ridge damping 1e-2", {"damp": 1e-2}),
+    "window-0.5": ("refinement steps on random windows of half each block's output side (`refine_window`)",
+                   {"refine_window": 0.5}),
+    "window-0.5-8": ("the same windows, 8 refinement passes", {"refine_window": 0.5, "refine_epochs": 8}),
 }
+
+
+def described(name: str, config) -> str:
+    """What a row changes; for the default, the defaults the other rows change, read from `config`."""
+    if name != "default":
+        return ROWS[name][0]
+    c = config
+    return (f"today's default: stage shares {' : '.join(f'{s:g}' for s in c.stage_shares)}, "
+            f"{c.selection.upper() if c.selection == 'obs' else c.selection} channels, {c.relu_rounds} ReLU rounds, "
+            f"{c.refine_epochs} refinement passes at lr {c.refine_lr:g} on the whole map, damping {c.damp:g}")
 
 
 def folds(n: int, fold: int) -> tuple[list[int], list[int]]:
@@ -54,7 +66,7 @@ def paired(agree: np.ndarray, base: np.ndarray) -> tuple[int, int, float]:
     return gained, lost, math.sqrt(max(0.0, gained + lost - (gained - lost) ** 2 / n))
 
 
-def render(rows: list[dict], a: argparse.Namespace, code: str, env: dict) -> list[str]:
+def render(rows: list[dict], a: argparse.Namespace, code: str, env: dict, config) -> list[str]:
     base = next((np.array(r["agrees"], bool) for r in rows if r["row"] == "default"), None)
     shown = f"python benchmarks/defaults.py --images {a.images} --ratio {a.ratio} --fold {a.fold} --rows {a.rows}"
     n = len(rows[0]["agrees"])
@@ -76,8 +88,8 @@ def render(rows: list[dict], a: argparse.Namespace, code: str, env: dict) -> lis
             d = gained - lost
             vs, diff = f"+{gained} / −{lost}", f"{d:+d} ± {2 * se:.0f}"
             verdict = "noise" if abs(d) <= 2 * se else ("better" if d > 0 else "worse")
-        lines.append(f"| {r['row']} | {ROWS[r['row']][0]} | {agree.mean():.1%} | {int((~agree).sum())} | {vs} | "
-                     f"{diff} | {verdict} | {r['logit_rmse']:.3f} | {r['macs']:.3f} | {r['seconds'] / 60:.1f} |")
+        lines.append(f"| {r['row']} | {described(r['row'], config)} | {agree.mean():.1%} | {int((~agree).sum())} | "
+                     f"{vs} | {diff} | {verdict} | {r['logit_rmse']:.3f} | {r['macs']:.3f} | {r['seconds'] / 60:.1f} |")
     missing = [name for name in a.rows.split(",") if name not in {r["row"] for r in rows}]
     if missing:
         lines += ["", f"Not yet run: {', '.join(missing)} (rerun the command: it resumes)."]
@@ -137,7 +149,7 @@ def main() -> None:
     for name in names:
         if any(r["row"] == name for r in rows):
             continue
-        print(f"{name}: {ROWS[name][0]}", flush=True)
+        print(f"{name}: {described(name, default)}", flush=True)
         started = time.perf_counter()
         net, _ = reconstruct.reconstruct(teacher, fit_on, pre, a.ratio, default.replace(**ROWS[name][1]))
         seconds = time.perf_counter() - started
@@ -151,7 +163,7 @@ def main() -> None:
         rows.append(row)
         rows.sort(key=lambda r: names.index(r["row"]))
         publish("defaults", {"command": vars(a), "machine": machine(env), "recovery_images": fit_on.hashes,
-                             "scored_images": scored.hashes, "rows": rows}, render(rows, a, code, env))
+                             "scored_images": scored.hashes, "rows": rows}, render(rows, a, code, env, default))
         if len(rows) > 1 and rows[0]["row"] == "default":
             plot(rows, RESULTS / "defaults.png")
 

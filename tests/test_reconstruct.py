@@ -333,3 +333,36 @@ def test_stage_allocation_cuts_the_last_stage_less_and_meets_the_mac_target(tiny
         if g == c and c != widths[i]:  # not given: one more step would cross the target
             trial = given[:i] + [(c[0] + 4, c[1] + 4)] + given[i + 1:]
             assert allocate.macs(tiny_model, TINY.crop, trial) > 0.85 * full
+
+
+def test_a_refinement_window_scores_only_outputs_the_whole_map_gives(tiny_model):
+    """A window of a block's input gives, inside its one-pixel rim, exactly the outputs the whole map gives there:
+    for every block, stride 1 and stride 2, at random offsets."""
+    g = torch.Generator().manual_seed(0)
+    shapes: dict = {}
+    bs = allocate.blocks(tiny_model)
+    hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
+    with torch.no_grad():
+        tiny_model.eval()(torch.zeros(1, 3, TINY.crop, TINY.crop))
+    for h in hooks:
+        h.remove()
+    strides = set()
+    for b in bs:
+        x = torch.randn(2, *shapes[b], generator=g)
+        with torch.no_grad():
+            whole = b(x)
+            side = refining.window_side(whole.shape[-1], 0.25)
+            assert side < whole.shape[-1]
+            for _ in range(3):
+                xs, ts, inner = refining.windows(x, whole, side, g)
+                assert ts.shape[-2:] == (side - 2, side - 2)
+                torch.testing.assert_close(b(xs)[..., inner, inner], ts, rtol=1e-5, atol=1e-5)
+        strides.add(x.shape[-1] // whole.shape[-1])
+    assert strides == {1, 2}
+
+
+def test_refinement_on_windows_still_leaves_the_pruned_network_closer(tiny_model, data_dirs):
+    errors = [_held_out_error(tiny_model, data_dirs, refine_epochs=epochs, refine_window=0.5) for epochs in (0, 4)]
+    assert errors[1] < 0.9 * errors[0]
+    with pytest.raises(ValueError, match="refine_window"):
+        ReconstructConfig(refine_window=0)

@@ -36,6 +36,9 @@ class ReconstructConfig:
     refine_epochs: int = 0  # at most this many Adam passes a block after its fit (`refine.refine`)
     refine_lr: float = 1e-3  # a block left whole moves at a tenth (its fit is already close)
     refine_batch: int = 16
+    # of each block's output side, what one refinement step trains on: a random window (`refine.windows`), the
+    # whole map at 1.0. A step costs about the window's area
+    refine_window: float = 1.0
     reserve: float = 0.02  # of a time limit, left unplanned (`refine.plan_passes`)
     seed: int = 0  # each block draws from its own stream, seeded from this and the block (`reconstruct.generator`)
 
@@ -46,6 +49,8 @@ class ReconstructConfig:
             raise ValueError(f"unknown selection {self.selection!r}")
         if self.drop_selection not in DROP_SELECTIONS:
             raise ValueError(f"unknown drop selection {self.drop_selection!r}")
+        if not 0 < self.refine_window <= 1:
+            raise ValueError(f"refine_window is a fraction in (0, 1], got {self.refine_window}")
 
     def replace(self, **changes) -> ReconstructConfig:
         return dataclasses.replace(self, **changes)

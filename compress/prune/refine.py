@@ -48,6 +48,7 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
         return gather(f, len(x), chunk, folder_of(x)), error
 
     before, saved = outputs(keep=False)[1], copy.deepcopy(block.state_dict())
+    side = window_side(target.shape[-1], config.refine_window)
     batch = min(batch, len(x))
     steps = epochs * (len(x) // batch)
     with torch.enable_grad():
@@ -57,10 +58,14 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
             order = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x) - batch + 1, batch):
                 idx = order[i:i + batch]
-                xi = x[idx].float()
+                xi, ti = x[idx].float(), target[idx].float()
                 if mix is not None:
                     xi = torch.where(torch.rand(xi.shape, generator=gen) < mix[1], mix[0][idx].float(), xi)
-                loss = (block(xi) - target[idx].float()).pow(2).mean()
+                if side < ti.shape[-1]:
+                    xi, ti, inner = windows(xi, ti, side, gen)
+                    loss = (block(xi)[..., inner, inner] - ti).pow(2).mean()
+                else:
+                    loss = (block(xi) - ti).pow(2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -73,6 +78,26 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
         return out
     block.load_state_dict(saved)
     return chunked(block, x, chunk)
+
+
+def window_side(side: int, fraction: float) -> int:
+    """The output side a refinement step trains on when it sees `fraction` of a block's `side`: that much, plus
+    the one-pixel rim a 3x3 conv sees beyond it (computed, not scored), and never below 3."""
+    return side if fraction >= 1 else min(side, max(1, round(fraction * side)) + 2)
+
+
+def windows(x, target, side: int, gen) -> tuple:
+    """One random window of the batch: the block's input `x` cropped to what gives `side` x `side` outputs, the
+    target cropped to their inner (side - 2) x (side - 2), and the slice of the outputs that is scored. At the
+    window's rim conv2 sees zero padding where the whole image has pixels, so the rim is computed but not scored;
+    inside it, every output is what the whole image gives (conv2 is the only conv wider than 1x1, and a stride-2
+    block samples its window from an even offset, as it does the image)."""
+    torch = require("torch")
+    stride = x.shape[-1] // target.shape[-1]
+    top, left = (int(v) for v in torch.randint(target.shape[-1] - side + 1, (2,), generator=gen))
+    xs = x[..., top * stride:(top + side) * stride, left * stride:(left + side) * stride]
+    ts = target[..., top + 1:top + side - 1, left + 1:left + side - 1]
+    return xs, ts, slice(1, side - 1)
 
 
 FIT_PASSES = 4.5  # a block's closed-form fits cost about this many of its refinement passes (ResNet-50 p30 on 2
@@ -98,13 +123,19 @@ def planned_seconds(costs: list[float], passes: int) -> float:
 
 
 def pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, batch: int = 16,
-                 bs: list | None = None) -> list[float]:
+                 bs: list | None = None, window: float = 1.0) -> list[float]:
     """Seconds one refinement pass over `n` images takes for each block (`bs`, by default all of them) once pruned
-    to `counts`, from one timed Adam step on random inputs of its shape (after one untimed)."""
+    to `counts`, from one timed Adam step on random inputs of its shape, or of its `window` (after one untimed)."""
     torch = require("torch")
     shapes: dict = {}
     bs = blocks(teacher) if bs is None else bs
-    hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
+
+    def shape(m, i, o):  # the block's input, cropped to what a window of its output needs
+        side = window_side(o.shape[-1], window)
+        stride = i[0].shape[-1] // o.shape[-1]
+        shapes[m] = (i[0].shape[1], side * stride, side * stride)
+
+    hooks = [b.register_forward_hook(shape) for b in bs]
     with torch.no_grad():
         teacher.eval()(torch.zeros(1, 3, crop, crop))
     for h in hooks:

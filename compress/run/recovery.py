@@ -50,8 +50,9 @@ def planner(ctx: Context, v: Variant, work: Path) -> Callable | None:
                 isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= p.refine_epochs for n in recorded):
             log(f"{v.name}: the recorded plan: {recorded} refinement passes")
             return recorded
+        config = reconstruct_config(p)
         costs = pass_seconds(ctx.torch_model(), counts, ctx.pre.crop, p.reconstruction_images,
-                             reconstruct_config(p).refine_batch, bs)
+                             config.refine_batch, bs, config.refine_window)
         passes = plan_passes(costs, 60 * p.recovery_minutes, p.refine_epochs)
         estimate = planned_seconds(costs, passes[0]) / 60
         log(f"{v.name}: {passes[0]} refinement passes a block fit in {p.recovery_minutes:g} minutes here "
