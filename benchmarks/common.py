@@ -104,6 +104,22 @@ def default_pruned_run(out) -> list[str]:
             "--backends", "onnxruntime-cpu", "--out", str(out)]
 
 
+def bounded(kind, lo, hi):
+    """An argparse type: `kind` (int or float) within [lo, hi], else argparse's usage error."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
+        return value
+
+    return parse
+
+
 def commit() -> str:
     """The checkout's commit, marked when the working tree differs from it: a figure names the code it came from."""
     def git(*args: str) -> str:

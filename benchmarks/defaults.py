@@ -20,7 +20,7 @@ import math
 import time
 
 import numpy as np
-from common import RESULTS, ROOT, commit, logit_rmse, logits, machine, publish, reference_sets
+from common import RESULTS, ROOT, bounded, commit, logit_rmse, logits, machine, publish, reference_sets
 
 # name -> (what it changes from the default, the ReconstructConfig fields it sets); the default is what `compress
 # run` uses (`run.recovery.reconstruct_config` of the default PruneSpec)
@@ -119,9 +119,10 @@ def plot(rows: list[dict], path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=256, help="recovery images, drawn from half A")
-    p.add_argument("--ratio", type=float, default=0.3, help="the MACs pNN removes")
-    p.add_argument("--fold", type=int, default=0, help="seeds the split of the calibration folder in halves")
+    p.add_argument("--images", type=bounded(int, 16, 500), default=256, help="recovery images, drawn from half A")
+    p.add_argument("--ratio", type=bounded(float, 0.05, 0.6), default=0.3, help="the MACs pNN removes")
+    p.add_argument("--fold", type=bounded(int, 0, 1000), default=0,
+                   help="seeds the split of the calibration folder in halves")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     a = p.parse_args()
     names = a.rows.split(",")

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, commit, default_pruned_run, publish
+from common import ROOT, bounded, commit, default_pruned_run, publish
 
 
 def run(out, images: int, busy: int) -> tuple[float, float]:
@@ -53,8 +53,8 @@ def run(out, images: int, busy: int) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--busy", type=int, default=2)
+    p.add_argument("--images", type=bounded(int, 16, 100_000), default=64)
+    p.add_argument("--busy", type=bounded(int, 0, 64), default=2)
     p.add_argument("--against", type=Path, help="a finished quiet run of the same command, compared with")
     p.add_argument("--against-code", default="", help="the commit the --against run ran at, for the record")
     p.add_argument("--beside", default="", help="other work that ran beside the loaded run, for the record")

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REF, RESULTS, ROOT, commit, default_pruned_run, machine, publish
+from common import REF, RESULTS, ROOT, bounded, commit, default_pruned_run, machine, publish
 
 
 def mirrored(n: int) -> Path:
@@ -103,7 +103,7 @@ def run(out: Path, images: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, nargs="+", default=[1000, 2000])
+    p.add_argument("--images", type=bounded(int, 16, 100_000), nargs="+", default=[1000, 2000])
     p.add_argument("--render", action="store_true", help="rewrite results/memory.md from memory.json, run nothing")
     a = p.parse_args()
     if a.render:

@@ -12,18 +12,17 @@ import argparse
 import math
 import statistics
 
-from common import REF, commit, machine, publish, reference_checkpoint
+from common import REF, bounded, commit, machine, publish, reference_checkpoint
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--window", type=float, default=0.5, help="the fraction of each block's output side, in (0, 1)")
-    p.add_argument("--images", type=int, default=1000, help="recovery images a pass goes over")
-    p.add_argument("--repeats", type=int, default=5, help="alternate measurements of each setting (2..50)")
-    p.add_argument("--ratio", type=float, default=0.3, help="the MACs pNN removes")
+    p.add_argument("--window", type=bounded(float, 0.05, 0.95), default=0.5,
+                   help="the fraction of each block's output side")
+    p.add_argument("--images", type=bounded(int, 16, 100_000), default=1000, help="recovery images a pass goes over")
+    p.add_argument("--repeats", type=bounded(int, 2, 50), default=5, help="alternate measurements of each setting")
+    p.add_argument("--ratio", type=bounded(float, 0.05, 0.6), default=0.3, help="the MACs pNN removes")
     a = p.parse_args()
-    if not 0 < a.window < 1 or not 2 <= a.repeats <= 50 or not 1 <= a.images <= 100_000 or not 0 < a.ratio < 1:
-        p.error("--window in (0, 1), --repeats 2..50, --images 1..100000, --ratio in (0, 1)")
     import torch
 
     from calibration.images import Preprocess
