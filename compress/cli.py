@@ -157,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
                     metavar="N", help="reconstruct: passes of Adam over the images per block after its closed-form "
                     "fit, toward the FP32 block's output (default %(default)s; each pass adds time in proportion "
                     "to the images; 0: closed form only)")
+    pr.add_argument("--refine-window", type=_finite, default=_default(PruneSpec, "refine_window"), metavar="F",
+                    help="reconstruct: each refinement step trains on a random window of F of every block's output "
+                    "side (its rim computed, not scored): a pass costs about the window's area (default "
+                    "%(default)s, the whole map)")
     pr.add_argument("--allocation", default=_default(PruneSpec, "allocation"), choices=ALLOCATIONS,
                     help="reconstruct: stages, a share of the inner channels for each stage (layer1 loses most, "
                     "layer3 least, the last stage none: it is the most sensitive); uniform, the same share "

@@ -31,14 +31,15 @@ def test_every_option_default_is_its_specs():
 def test_a_recipe_round_trips():
     spec = RunSpec(model="m.pth", arch="test-resnet", data="d", calib="c", out="o1",
                    variants=parse_variants("int8-cpu,p30"), quantize=QuantizeSpec(calib_limit=64),
-                   prune=PruneSpec(refine_epochs=2, recovery_minutes=5.0), measure=MeasureSpec(rounds=2,
-                                                                                            backends=("onnxruntime-cpu",)))
+                   prune=PruneSpec(refine_epochs=2, refine_window=0.5, recovery_minutes=5.0),
+                   measure=MeasureSpec(rounds=2, backends=("onnxruntime-cpu",)))
     again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())), "o2")
     assert again == dataclasses.replace(spec, out="o2")
 
 
 @pytest.mark.parametrize("change, needle", [
     ({"prune": {"refine_epochs": 1000}}, "--refine-epochs must be 0..100"),
+    ({"prune": {"refine_window": 0}}, "--refine-window must be a fraction"),
     ({"quantize": {"nonsense": 1}}, "quantize options are not those"),
     ({"extra": 1}, "unknown options"),
     ({"variants": "p30"}, "variants are not a list"),
@@ -67,3 +68,12 @@ def test_recipe_replays_a_run(tiny_checkpoint, data_dirs, tmp_path, capsys):
     code = main(["run", "--recipe", str(first / "recipe.json"), "--out", str(tmp_path / "c"), "--rounds", "5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --recipe replays") and "--rounds" in err[0]
+
+
+def test_the_prune_options_reach_the_reconstruction():
+    from compress.run.recovery import reconstruct_config
+
+    p = PruneSpec(allocation="uniform", selection="energy", refine_epochs=3, refine_window=0.5, round_to=4)
+    c = reconstruct_config(p)
+    assert (c.allocation, c.selection, c.refine_epochs, c.refine_window, c.round_to) == ("uniform", "energy", 3,
+                                                                                            0.5, 4)

@@ -63,6 +63,7 @@ class PruneSpec:
     allocation: str = RECONSTRUCTION.allocation  # reconstruct: where the channels go (`prune.allocate`)
     selection: str = RECONSTRUCTION.selection  # reconstruct: which channels stay (OBS on the re-fit, or energy)
     refine_epochs: int = 4  # reconstruct: Adam passes a block after its fit (at most this many with a time limit)
+    refine_window: float = RECONSTRUCTION.refine_window  # reconstruct: of each block's output side, what a step sees
     round_to: int = RECONSTRUCTION.round_to
     global_pruning: bool = False
     bn_recalibration: bool = True
@@ -83,6 +84,9 @@ class PruneSpec:
             raise UserError(f"--reconstruction-images must be 8..100000, got {self.reconstruction_images}")
         if not 0 <= self.refine_epochs <= 100:
             raise UserError(f"--refine-epochs must be 0..100, got {self.refine_epochs}")
+        _finite("--refine-window", self.refine_window)
+        if not 0 < self.refine_window <= 1:
+            raise UserError(f"--refine-window must be a fraction in (0, 1], got {self.refine_window}")
         _finite("--recovery-minutes", self.recovery_minutes)
         if self.recovery_minutes is not None and not 0 <= self.recovery_minutes <= 100_000:
             raise UserError(f"--recovery-minutes must be 0..100000, got {self.recovery_minutes}")

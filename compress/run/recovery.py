@@ -33,7 +33,7 @@ from compress.run.recipe import S24_IMAGES, PruneSpec
 def reconstruct_config(p: PruneSpec) -> ReconstructConfig:
     """The reconstruction's tunables from the run's options; the rest keep their defaults."""
     return ReconstructConfig(round_to=p.round_to, allocation=p.allocation, selection=p.selection,
-                             refine_epochs=p.refine_epochs)
+                             refine_epochs=p.refine_epochs, refine_window=p.refine_window)
 
 
 def planner(ctx: Context, v: Variant, work: Path) -> Callable | None:
