@@ -35,6 +35,7 @@ ROWS = {
     "shares-all": ("stage shares 1 : 1 : 1 : 1 (the last stage cut too)", {"stage_shares": (1.0, 1.0, 1.0, 1.0)}),
     "refine-lr-3e-4": ("refinement at lr 3e-4", {"refine_lr": 3e-4}),
     "refine-2": ("2 refinement passes", {"refine_epochs": 2}),
+    "refine-8": ("8 refinement passes", {"refine_epochs": 8}),
     "damp-1e-2": ("ridge damping 1e-2", {"damp": 1e-2}),
     "window-0.5": ("refinement steps on random windows of half each block's output side (`refine_window`)",
                    {"refine_window": 0.5}),
