@@ -121,12 +121,14 @@ def bounded(kind, lo, hi):
 
 
 def commit() -> str:
-    """The checkout's commit, marked when the working tree differs from it: a figure names the code it came from."""
+    """The checkout's commit, marked when the working tree differs from it: a figure names the code it came from
+    (the results a study is writing are not code: a study's own earlier rows do not mark it)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return head + ("+changes" if changed else "")
 
 
 def machine(env: dict) -> str:
