@@ -33,7 +33,8 @@ ROWS = {
     "uniform": ("the same share cut from every block", {"allocation": "uniform"}),
     "shares-1.2": ("stage shares 1.2 : 1.2 : 0.85 : 0 (the default before)", {"stage_shares": (1.2, 1.2, 0.85, 0.0)}),
     "shares-even": ("stage shares 1 : 1 : 1 : 0", {"stage_shares": (1.0, 1.0, 1.0, 0.0)}),
-    "shares-all": ("stage shares 1 : 1 : 1 : 1 (the last stage cut too)", {"stage_shares": (1.0, 1.0, 1.0, 1.0)}),
+    "shares-all": ("stage shares 1 : 1 : 1 : 1 (the last stage cut too: the uniform cut again, the same model)",
+                   {"stage_shares": (1.0, 1.0, 1.0, 1.0)}),
     "refine-lr-3e-4": ("refinement at lr 3e-4", {"refine_lr": 3e-4}),
     "refine-2": ("2 refinement passes", {"refine_epochs": 2}),
     "refine-8": ("8 refinement passes", {"refine_epochs": 8}),
@@ -105,7 +106,7 @@ def render(rows: list[dict], a: argparse.Namespace, code: str, env: dict, config
     return lines
 
 
-def plot(rows: list[dict], path) -> None:
+def plot(rows: list[dict], path, a: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +121,8 @@ def plot(rows: list[dict], path) -> None:
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(others)), [r["row"] for r in others])
     ax.set_xlabel("images agreeing with FP32, minus the default's (± 2 paired SE)")
-    ax.set_title("p30 recovery defaults on held-out calibration images")
+    ax.set_title(f"p{round(a.ratio * 100)} recovery defaults on held-out calibration images "
+                 f"(fold {a.fold}, {a.images} recovery images)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -154,7 +156,7 @@ def main() -> None:
         data = json.loads((RESULTS / f"{name}.json").read_text())
         publish(name, {**data, "command": vars(a) | {"render": False}, "rows": rows},
                 render(rows, a, data["commit"], env, default))
-        plot(rows, RESULTS / f"{name}.png")
+        plot(rows, RESULTS / f"{name}.png", a)
         return
     teacher, pre, calib, _ = reference_sets()
     half_a, half_b = folds(len(calib), a.fold)
@@ -183,7 +185,7 @@ def main() -> None:
         publish(name, {"command": vars(a), "machine": machine(env), "recovery_images": fit_on.hashes,
                        "scored_images": scored.hashes, "rows": rows}, render(rows, a, code, env, default))
         if len(rows) > 1 and rows[0]["row"] == "default":
-            plot(rows, RESULTS / f"{name}.png")
+            plot(rows, RESULTS / f"{name}.png", a)
 
 
 if __name__ == "__main__":
