@@ -74,7 +74,8 @@ def render(rows: list[dict], a: argparse.Namespace, code: str, env: dict, config
     shown = f"python benchmarks/defaults.py --images {a.images} --ratio {a.ratio} --fold {a.fold} --rows {a.rows}"
     n = len(rows[0]["agrees"])
     lines = ["# The p30 recovery's defaults, re-examined on the calibration folder", "",
-             f"Command: `{shown}` (commit {code}; machine: {machine(env)}).", "",
+             f"Command: `{shown}` (script at commit {code}; each row's own code is named below; machine: "
+             f"{machine(env)}).", "",
              f"Each row fits p{round(a.ratio * 100)} on {a.images} images of one half of `imagenet-calib` and is "
              f"scored on the other half ({n} images) by agreement with FP32. No label is read and no `imagenet-val` "
              "image is used: this is where defaults are chosen, not where they are reported. ± is two paired "
@@ -155,7 +156,7 @@ def main() -> None:
     if a.render:
         data = json.loads((RESULTS / f"{name}.json").read_text())
         publish(name, {**data, "command": vars(a) | {"render": False}, "rows": rows},
-                render(rows, a, data["commit"], env, default))
+                render(rows, a, code, env, default))
         plot(rows, RESULTS / f"{name}.png", a)
         return
     teacher, pre, calib, _ = reference_sets()
