@@ -2,14 +2,15 @@
 run`'s p30 recovery, fits it on images of one half of the calibration folder and scores it on the other half, by
 its agreement with FP32 (no label is read, no evaluation image is touched).
 
-    python benchmarks/defaults.py [--images 256] [--ratio 0.3] [--fold 0] [--rows default,refine-0,...]
+    python benchmarks/defaults.py [--images 256] [--ratio 0.3] [--fold 0] [--rows default,refine-0,...] [--render]
 
 The 1,000 calibration images are split in two fixed halves (seeded by --fold): the recovery fits on --images of
 half A (drawn as `compress run` draws its recovery images), every row is scored on all of half B. Against the
 default row, each row counts the half-B images it agrees with FP32 on that the default does not (+) and the reverse
 (-); the paired standard error of that difference says whether a change is a gain or noise (two standard errors:
 about 95%). Rows are kept in runs/defaults-<fold>-<images>/rows.jsonl as they finish, so a stopped study resumes at
-its next row; the table is rewritten after every row (benchmarks/results/defaults.{md,json,png}).
+its next row; the table is rewritten after every row (benchmarks/results/defaults.{md,json,png} for fold 0 at 256
+images, defaults-<fold>-<images>.* otherwise), and --render rewrites it from the rows kept.
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def main() -> None:
     rows = sorted((r for r in rows if r["row"] in names), key=lambda r: names.index(r["row"]))
     if a.render:
         data = json.loads((RESULTS / f"{name}.json").read_text())
+        if not done.exists():  # a fresh checkout: the rows the results file holds
+            rows = sorted((r for r in data["rows"] if r["row"] in names), key=lambda r: names.index(r["row"]))
         publish(name, {**data, "command": vars(a) | {"render": False}, "rows": rows},
                 render(rows, a, code, env, default))
         plot(rows, RESULTS / f"{name}.png", a)
