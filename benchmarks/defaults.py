@@ -40,6 +40,7 @@ ROWS = {
     "refine-2": ("2 refinement passes", {"refine_epochs": 2}),
     "refine-8": ("8 refinement passes", {"refine_epochs": 8}),
     "damp-1e-2": ("ridge damping 1e-2", {"damp": 1e-2}),
+    "positions-256": ("256 sampled positions an image in the fits, not 512", {"positions": 256}),
     "window-0.5": ("refinement steps on random windows of half each block's output side (`refine_window`)",
                    {"refine_window": 0.5}),
     "window-0.5-8": ("the same windows, 8 refinement passes", {"refine_window": 0.5, "refine_epochs": 8}),
