@@ -37,8 +37,9 @@ def refine(block, x, target, epochs: int, lr: float, gen, config: ReconstructCon
 
         def f(i):
             nonlocal error
-            y = block(x[i:i + chunk].float())
-            error += float((y - target[i:i + chunk].float()).pow(2).sum())
+            with torch.no_grad():  # measured, not trained: whether or not the caller holds gradients
+                y = block(x[i:i + chunk].float())
+                error += float((y - target[i:i + chunk].float()).pow(2).sum())
             return y
 
         if not keep:
