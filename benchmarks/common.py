@@ -105,19 +105,10 @@ def default_pruned_run(out) -> list[str]:
 
 
 def bounded(kind, lo, hi):
-    """An argparse type: `kind` (int or float) within [lo, hi], else argparse's usage error."""
-    import argparse
+    """An argparse type: `kind` (int or float) within lo..hi, else argparse's usage error (the CLI's own)."""
+    from compress.cli import _bounded
 
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
-        return value
-
-    return parse
+    return _bounded(lo, hi, kind)
 
 
 def commit() -> str:

@@ -46,12 +46,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _bounded(low: int, high: int):
-    def parse(text: str) -> int:
+def _bounded(low, high, kind=int):
+    """An argparse type: a `kind` (int or float) in low..high (NaN is in no range)."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
         return value
