@@ -9,7 +9,6 @@ Adam step of each block, pruned to the default p30's cut), both settings measure
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 
 from common import REF, bounded, commit, machine, publish, reference_checkpoint
@@ -40,7 +39,7 @@ def main() -> None:
     bs = allocate.blocks(teacher)
     stages = [name for name, _ in teacher.named_children() if name.startswith("layer")]
     stage_of = [s for s in stages for _ in getattr(teacher, s)]
-    sides = allocate.output_sizes(teacher, pre.crop)
+    outputs = {b: o for b, (_, o) in allocate.shapes(teacher, pre.crop, bs).items()}
     whole, windowed = [], []
     for r in range(a.repeats):
         print(f"repeat {r + 1} of {a.repeats}", flush=True)
@@ -52,7 +51,7 @@ def main() -> None:
         idx = [i for i, name in enumerate(stage_of) if name == s]
         f = statistics.median(sum(run[i] for i in idx) for run in whole)
         w = statistics.median(sum(run[i] for i in idx) for run in windowed)
-        side = math.isqrt(sides[bs[idx[0]].conv3])  # every block of a stage gives the same side
+        side = outputs[bs[idx[0]]][-1]  # every block of a stage gives the same side
         rows.append({"stage": s, "output_side": side, "window_side": window_side(side, a.window),
                      "whole_seconds": round(f, 1), "window_seconds": round(w, 1), "ratio": round(w / f, 3)})
     env = environment()

@@ -339,16 +339,9 @@ def test_a_refinement_window_scores_only_outputs_the_whole_map_gives(tiny_model)
     """A window of a block's input gives, inside its one-pixel rim, exactly the outputs the whole map gives there:
     for every block, stride 1 and stride 2, at random offsets."""
     g = torch.Generator().manual_seed(0)
-    shapes: dict = {}
-    bs = allocate.blocks(tiny_model)
-    hooks = [b.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, i[0].shape[1:])) for b in bs]
-    with torch.no_grad():
-        tiny_model.eval()(torch.zeros(1, 3, TINY.crop, TINY.crop))
-    for h in hooks:
-        h.remove()
     strides = set()
-    for b in bs:
-        x = torch.randn(2, *shapes[b], generator=g)
+    for b, (shape, _) in allocate.shapes(tiny_model, TINY.crop, allocate.blocks(tiny_model)).items():
+        x = torch.randn(2, *shape, generator=g)
         with torch.no_grad():
             whole = b(x)
             side = refining.window_side(whole.shape[-1], 0.25)

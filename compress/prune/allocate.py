@@ -49,17 +49,24 @@ def inner_counts(model, fraction: float, round_to: int, shares: list[float] | No
             for b, s in zip(bs, shares or [1.0] * len(bs))]
 
 
-def output_sizes(model, crop: int) -> dict:
-    """Each conv's output positions (H x W) at this crop: one forward pass."""
+def shapes(model, crop: int, modules: list) -> dict:
+    """Each of `modules`' (input, output) shapes, (C, H, W), at this crop: one forward pass."""
     torch = require("torch")
-    sizes: dict = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.__setitem__(m, o.shape[2] * o.shape[3]))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    out: dict = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: out.__setitem__(m, (i[0].shape[1:], o.shape[1:])))
+             for m in modules]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, crop, crop))
     for h in hooks:
         h.remove()
-    return sizes
+    return out
+
+
+def output_sizes(model, crop: int) -> dict:
+    """Each conv's output positions (H x W) at this crop: one forward pass."""
+    torch = require("torch")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return {m: o[1] * o[2] for m, (_, o) in shapes(model, crop, convs).items()}
 
 
 def macs(model, crop: int, counts: list[tuple[int, int]] | None = None, sizes: dict | None = None) -> int:

@@ -8,7 +8,7 @@ import math
 import time
 
 from compress.core.errors import UserError, require
-from compress.prune.allocate import blocks
+from compress.prune.allocate import blocks, shapes
 from compress.prune.config import ReconstructConfig
 from compress.prune.lstsq import identity_bn
 from compress.prune.stream import chunked, folder_of, gather
@@ -129,26 +129,18 @@ def pass_seconds(teacher, counts: list[tuple[int, int]], crop: int, n: int, batc
     """Seconds one refinement pass over `n` images takes for each block (`bs`, by default all of them) once pruned
     to `counts`, from one timed Adam step on random inputs of its shape, or of its `window` (after one untimed)."""
     torch = require("torch")
-    shapes: dict = {}
     bs = blocks(teacher) if bs is None else bs
-
-    def shape(m, i, o):  # the block's input, cropped to what a window of its output needs
-        side = window_side(o.shape[-1], window)
-        stride = i[0].shape[-1] // o.shape[-1]
-        shapes[m] = (i[0].shape[1], side * stride, side * stride)
-
-    hooks = [b.register_forward_hook(shape) for b in bs]
-    with torch.no_grad():
-        teacher.eval()(torch.zeros(1, 3, crop, crop))
-    for h in hooks:
-        h.remove()
+    inputs = {}
+    for b, (i, o) in shapes(teacher, crop, bs).items():  # each block's input, cropped to what its window needs
+        side, stride = window_side(o[-1], window), i[-1] // o[-1]
+        inputs[b] = (i[0], side * stride, side * stride)
     costs = []
     for b, (k1, k2) in zip(bs, counts):
         block = copy.deepcopy(b).eval()  # as `refine` trains it: BatchNorm folded, its statistics fixed
         block.conv1, block.conv2, block.conv3 = convs(b, k1, k2)
         block.bn1, block.bn2 = identity_bn(torch.zeros(k1)), identity_bn(torch.zeros(k2))
         opt = torch.optim.Adam(block.parameters())
-        x = torch.randn(batch, *shapes[b])
+        x = torch.randn(batch, *inputs[b])
         with torch.enable_grad():
             for _ in range(2):
                 t = time.perf_counter()
