@@ -153,12 +153,13 @@ def main() -> None:
     name = "defaults" if (a.fold, a.images) == (0, 256) else f"defaults-{a.fold}-{a.images}"
     work = ROOT / "runs" / f"defaults-{a.fold}-{a.images}"
     done = work / "rows.jsonl"
-    rows = [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
-    rows = sorted((r for r in rows if r["row"] in names), key=lambda r: names.index(r["row"]))
+    data = json.loads((RESULTS / f"{name}.json").read_text()) if a.render else {}
+    if done.exists():
+        kept = [json.loads(line) for line in done.read_text().splitlines()]
+    else:  # nothing run here yet; on a fresh checkout --render reads the rows the results file holds
+        kept = data.get("rows", [])
+    rows = sorted((r for r in kept if r["row"] in names), key=lambda r: names.index(r["row"]))
     if a.render:
-        data = json.loads((RESULTS / f"{name}.json").read_text())
-        if not done.exists():  # a fresh checkout: the rows the results file holds
-            rows = sorted((r for r in data["rows"] if r["row"] in names), key=lambda r: names.index(r["row"]))
         publish(name, {**data, "command": vars(a) | {"render": False}, "rows": rows},
                 render(rows, a, code, env, default))
         plot(rows, RESULTS / f"{name}.png", a)
