@@ -106,9 +106,9 @@ def default_pruned_run(out) -> list[str]:
 
 def bounded(kind, lo, hi):
     """An argparse type: `kind` (int or float) within lo..hi, else argparse's usage error (the CLI's own)."""
-    from compress.cli import _bounded
+    from compress import cli
 
-    return _bounded(lo, hi, kind)
+    return cli.bounded(lo, hi, kind)
 
 
 def commit() -> str:

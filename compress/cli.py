@@ -46,8 +46,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _bounded(low, high, kind=int):
-    """An argparse type: a `kind` (int or float) in low..high (NaN is in no range)."""
+def bounded(low, high, kind=int):
+    """An argparse type: a `kind` (int or float) in low..high (NaN is in no range); the studies in benchmarks/
+    parse their options with it too."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -104,9 +105,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--variants", default=",".join(v.name for v in _default(RunSpec, "variants")),
                    help="comma list: fp32, int8 (TensorRT Q/DQ), int8-cpu (onnxruntime CPU), pNN, dN, s24, and "
                    "pruned+quantized such as p30-int8 (default: %(default)s)")
-    r.add_argument("--resize", type=_bounded(16, 4096), default=Preprocess().resize,
+    r.add_argument("--resize", type=bounded(16, 4096), default=Preprocess().resize,
                    help="shorter side before the crop (default %(default)s)")
-    r.add_argument("--crop", type=_bounded(8, 2048), default=Preprocess().crop,
+    r.add_argument("--crop", type=bounded(8, 2048), default=Preprocess().crop,
                    help="center crop (default %(default)s)")
     m = r.add_argument_group("measure")
     m.add_argument("--eval-limit", type=_positive_int, help="evaluate on at most N images")
@@ -155,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
                     help="unlabelled images the reconstruction fits on (default %(default)s; its time grows with "
                     "them, its memory does not: their activations are spilled to the run's cache; fewer is "
                     "faster and less accurate)")
-    pr.add_argument("--refine-epochs", type=_bounded(0, 100), default=_default(PruneSpec, "refine_epochs"),
+    pr.add_argument("--refine-epochs", type=bounded(0, 100), default=_default(PruneSpec, "refine_epochs"),
                     metavar="N", help="reconstruct: passes of Adam over the images per block after its closed-form "
                     "fit, toward the FP32 block's output (default %(default)s; each pass adds time in proportion "
                     "to the images; 0: closed form only)")
@@ -171,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
                     help="reconstruct: which inner channels stay: obs removes, one after another, the channel whose "
                     "loss the re-fitted consumer feels least (optimal brain surgeon); energy keeps the largest "
                     "activation energy through the consumer's weights, faster (default %(default)s)")
-    pr.add_argument("--round-to", type=_bounded(1, 256), default=_default(PruneSpec, "round_to"),
+    pr.add_argument("--round-to", type=bounded(1, 256), default=_default(PruneSpec, "round_to"),
                     help="channel counts multiple of (default %(default)s)")
     pr.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
     pr.add_argument("--no-bn-recalibration", dest="bn_recalibration", action="store_false",
@@ -180,14 +181,14 @@ def parser() -> argparse.ArgumentParser:
                     help="a time limit for each pruned variant's refinement on this machine: turned into passes a "
                     "block once, before the work, from a probe, shown and recorded so a rerun reuses it (default: "
                     "none, --refine-epochs passes: the same model whatever the machine's load)")
-    pr.add_argument("--distill-epochs", type=_bounded(0, 1000), default=_default(PruneSpec, "distill_epochs"),
+    pr.add_argument("--distill-epochs", type=bounded(0, 1000), default=_default(PruneSpec, "distill_epochs"),
                     metavar="N", help="epochs of distillation from FP32 on unlabelled images after the "
                     "reconstruction (default %(default)s)")
     pr.add_argument("--distill-images", metavar="DIR", help="unlabelled images for the recovery (default: every "
                     "image of --calib, whatever --calib-limit)")
     pr.add_argument("--distill-lr", type=_finite, default=_default(PruneSpec, "distill_lr"),
                     help="AdamW learning rate (default %(default)s)")
-    pr.add_argument("--distill-batch", type=_bounded(1, 4096), default=_default(PruneSpec, "distill_batch"),
+    pr.add_argument("--distill-batch", type=bounded(1, 4096), default=_default(PruneSpec, "distill_batch"),
                     help="global batch (default %(default)s)")
 
     b = sub.add_parser("build", help="build and measure TensorRT engines of a run's variants on this GPU",
@@ -197,13 +198,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("run_dir", help="a run directory, or an unpacked bundle")
     b.add_argument("--precisions", default=",".join(_default(BuildSpec, "precisions")),
                    help="comma list of fp32, fp16, int8 (default %(default)s)")
-    b.add_argument("--max-batch", type=_bounded(1, 1024), default=_default(BuildSpec, "max_batch"),
+    b.add_argument("--max-batch", type=bounded(1, 1024), default=_default(BuildSpec, "max_batch"),
                    help="largest batch of the profile (default %(default)s)")
-    b.add_argument("--workspace", type=_bounded(1, 1 << 20), metavar="MiB", help="builder workspace limit")
+    b.add_argument("--workspace", type=bounded(1, 1 << 20), metavar="MiB", help="builder workspace limit")
     b.add_argument("--timing-cache", metavar="PATH", help="timing cache file (default: beside the engines)")
-    b.add_argument("--dla-core", type=_bounded(0, 7), metavar="N", help="build for DLA core N (FP16/INT8)")
+    b.add_argument("--dla-core", type=bounded(0, 7), metavar="N", help="build for DLA core N (FP16/INT8)")
     b.add_argument("--gpu-fallback", action="store_true", help="let layers DLA cannot run fall back to the GPU")
-    b.add_argument("--runs", type=_bounded(1, 100_000), default=_default(BuildSpec, "runs"),
+    b.add_argument("--runs", type=bounded(1, 100_000), default=_default(BuildSpec, "runs"),
                    help="timed runs per engine (default %(default)s)")
     b.add_argument("--data", metavar="DIR", help="the run's evaluation images, to measure the engines' accuracy on "
                    "(default: a bundle's own copy; none for a run directory)")
@@ -212,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("run_dir")
     bu.add_argument("--target", required=True, help="orin-nano, orin-nx, agx-orin, xavier")
     bu.add_argument("--out", help="folder for the .tar.gz (default: RUN_DIR/bundles)")
-    bu.add_argument("--max-batch", type=_bounded(1, 1024), default=_default(BundleSpec, "max_batch"),
+    bu.add_argument("--max-batch", type=bounded(1, 1024), default=_default(BundleSpec, "max_batch"),
                     help="largest batch of the profile (default %(default)s)")
     bu.add_argument("--data", metavar="DIR", help="the run's evaluation images: list them in the bundle (hashes)")
     bu.add_argument("--eval-images", action="store_true", help="with --data: include the images, not just their list")
@@ -226,10 +227,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("run_dir")
     d.add_argument("--variant", required=True, help="the pruned FP32 variant, e.g. p30")
     d.add_argument("--images", required=True, metavar="DIR", help="unlabelled images (e.g. the calibration folder)")
-    d.add_argument("--epochs", type=_bounded(1, 1000), required=True)
+    d.add_argument("--epochs", type=bounded(1, 1000), required=True)
     d.add_argument("--lr", type=_finite, default=_default(DistillSpec, "lr"),
                    help="AdamW learning rate (default %(default)s)")
-    d.add_argument("--batch", type=_bounded(1, 4096), default=_default(DistillSpec, "batch_size"),
+    d.add_argument("--batch", type=bounded(1, 4096), default=_default(DistillSpec, "batch_size"),
                    help="global batch, over all processes (default %(default)s)")
 
     sub.add_parser("doctor", help="list every backend, usable here or not, with the reason")
