@@ -89,6 +89,34 @@ def test_obs_selection_keeps_what_the_refit_consumer_needs():
     assert _fit_error(x, y, keep, 3) < 0.01 * _fit_error(x, y, energy, 3)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)])
+@pytest.mark.parametrize("samples", [40, 1500])  # a few positions (gathered) and most of them (unfolded)
+def test_the_sampled_rows_are_the_rows_of_every_position(kernel, stride, padding, samples):
+    """The fits take their rows at sampled positions without laying out every position first: the same values,
+    bit for bit (the recovery's weights must not move), for patches and position rows alike."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 19, 17, generator=g)
+    conv = torch.nn.Conv2d(5, 4, kernel, stride, padding)
+    y = conv(x).detach()
+    positions = reconstruct.output_positions(x.shape[-2:], conv)
+    assert positions == y.shape[2] * y.shape[3]
+    idx = torch.randperm(3 * positions, generator=g)[:samples]
+    assert torch.equal(lstsq.patches(x, conv, idx), lstsq.patches(x, conv)[idx])
+    assert torch.equal(lstsq.position_rows(y, idx), lstsq.position_rows(y)[idx])
+    assert torch.equal(lstsq.position_rows(y)[7], y[0, :, 0, 7])  # row order: image, then row, then column
+
+
+def test_ridge_solves_share_one_factorisation_with_the_bits_of_a_plain_solve():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(500, 30, generator=g), torch.randn(500, 4, generator=g)
+    ridge = lstsq.Ridge(30, 4)
+    ridge.add(x, y)
+    plain = torch.linalg.solve(ridge.damped(1e-3), ridge.xy)
+    w, b = ridge.solve(1e-3, ridge.factor(1e-3))
+    assert torch.equal(w, plain[:-1].T.float()) and torch.equal(b, plain[-1].float())
+    assert float((x @ w.T + b - y).pow(2).mean()) < float(y.pow(2).mean())  # a fit, not just the same bits
+
+
 def test_obs_selection_leaves_outputs_closer_than_energy(tiny_model, data_dirs):
 
     config = ReconstructConfig(round_to=4, selection="energy", allocation="uniform")

@@ -42,9 +42,15 @@ class Ridge:
         h.diagonal()[:-1] += damp * h.diagonal()[:-1].mean().clamp_min(1e-12)
         return h
 
-    def solve(self, damp: float):
+    def factor(self, damp: float) -> tuple:
+        """The LU factors of the damped X^T X: what `solve` spends its time on, shared by solves while X^T X
+        stays (torch.linalg.solve is these two steps: the same bits)."""
         torch = require("torch")
-        sol = torch.linalg.solve(self.damped(damp), self.xy)
+        return torch.linalg.lu_factor(self.damped(damp))
+
+    def solve(self, damp: float, factors: tuple | None = None):
+        torch = require("torch")
+        sol = torch.linalg.lu_solve(*(factors or self.factor(damp)), self.xy)
         return sol[:-1].T.float(), sol[-1].float()  # weight (outputs, features), bias (outputs,)
 
 
@@ -62,12 +68,13 @@ def relu_fit(rows, features: int, outputs: int, damp: float, rounds: int, spill:
     ridge = Ridge(features, outputs)
     for x, y, _ in data:
         ridge.add(x, y)
-    w, b = ridge.solve(damp)
+    factors = ridge.factor(damp)  # the rounds change X^T Y only
+    w, b = ridge.solve(damp, factors)
     for _ in range(rounds):
         ridge.xy.zero_()
         for x, y, off in data:
             ridge.add(x, torch.where(y + off > 0, y, torch.minimum(x @ w.T + b, -off)), gram=False)
-        w, b = ridge.solve(damp)
+        w, b = ridge.solve(damp, factors)
     return w, b
 
 
@@ -94,16 +101,29 @@ def obs_keep(ridge: Ridge, group: int, keep: int, damp: float):
     return torch.nonzero(alive).squeeze(1)
 
 
-def patches(x, conv):
-    """(samples, features) rows of the conv's input patches, one per output position."""
+def patches(x, conv, idx=None):
+    """(samples, features) rows of the conv's input patches, one per output position (image by image, row by
+    row), or only rows `idx` of them: the same values, without unfolding every position first (a fit samples a
+    sixth of layer1's)."""
     torch = require("torch")
-    cols = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    views = torch.nn.functional.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # no copy
+    rows, cols = views.shape[2:4]  # (images, channels, out rows, out columns, kh, kw)
+    if idx is None or 4 * len(idx) > len(x) * rows * cols:  # most positions: unfolding them all is quicker
+        every = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)
+        every = every.transpose(1, 2).reshape(-1, every.shape[1])
+        return every if idx is None else every[idx]
+    image, at = idx // (rows * cols), idx % (rows * cols)
+    return views.permute(0, 2, 3, 1, 4, 5)[image, at // cols, at % cols].reshape(len(idx), -1)
 
 
-def position_rows(y):
-    """(samples, channels) rows of an NCHW tensor, one per position."""
-    return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+def position_rows(y, idx=None):
+    """(samples, channels) rows of an NCHW tensor, one per position (image by image, row by row), or only rows
+    `idx` of them."""
+    if idx is None:
+        return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+    at, cols = idx % (y.shape[2] * y.shape[3]), y.shape[3]
+    return y[idx // (y.shape[2] * y.shape[3]), :, at // cols, at % cols]
 
 
 def identity_bn(bias):

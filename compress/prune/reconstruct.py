@@ -15,10 +15,11 @@ by ridge least squares, closed form, to the FP32 network's pre-activation output
 FP32 conv1's kept channels, conv2 to FP32 conv2's kept channels, conv3 to FP32 conv3's output plus the error of
 the shortcut path (so the block's output, not only its branch, matches). Each conv feeds a ReLU, so values the
 FP32 network's ReLU zeroes only need to stay at or below zero: a few rounds re-fit with those targets relaxed
-(`relu_fit`). Statistics are accumulated over image chunks at sampled positions, and the activations of every
-image at the current block are spilled to disk (`stream.Spill`): memory is bounded by the chunk and the block,
-not the image count. Then, optionally, a few passes of Adam on the whole block toward the FP32 block's
-output (`refine`), which the closed-form fits cannot do: move conv1 and conv2 off FP32's kept channels.
+(`relu_fit`). Statistics are accumulated over image chunks at sampled positions, the FP32 block's targets come
+from one pass of it (`teacher_outputs`, `target_rows`), and the activations of every image at the current block
+are spilled to disk (`stream.Spill`): memory is bounded by the chunk and the block, not the image count. Then,
+optionally, a few passes of Adam on the whole block toward the FP32 block's output (`refine`), which the
+closed-form fits cannot do: move conv1 and conv2 off FP32's kept channels.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from compress.prune.allocate import (
 from compress.prune.config import DEFAULT, ReconstructConfig
 from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
 from compress.prune.refine import convs, refine
-from compress.prune.stream import Pixels, chunked, folder_of, head, keep_freed_memory, spill_folder, stem
+from compress.prune.stream import Pixels, Tape, chunked, folder_of, gather, head, keep_freed_memory, spill_folder, stem
 
 REVISION = 5  # of what a recovery does with the same options: a saved pruned model from another one is redone
 # (2: dN's blocks are refined too; 3: pNN gives back what rounding removed beyond NN%, `give_back`;
@@ -181,20 +182,40 @@ def _json(x):
     return json.loads(json.dumps(x))
 
 
-def teacher_outputs(tb, x_fp, chunk: int):
-    """The FP32 block's outputs on its inputs `x_fp`, BatchNorm folded, kept as the reconstruction keeps them:
-    what the next block is fitted to (the same arithmetic whether a run goes on or resumes)."""
+def folded(tb):
+    """FP32 block `tb` (BatchNorm folded) as a function of its input: its pre-activations (conv1, conv2, conv3)
+    and its shortcut, as deep as asked."""
     torch = require("torch")
     F = torch.nn.functional
     (w1, b1), (w2, b2), (w3, b3) = fold(tb.conv1, tb.bn1), fold(tb.conv2, tb.bn2), fold(tb.conv3, tb.bn3)
     ds = tb.downsample
 
-    def f(xs):
-        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding).relu()
-        a2 = F.conv2d(a1, w2, b2, tb.conv2.stride, tb.conv2.padding).relu()
-        return (F.conv2d(a2, w3, b3) + (ds(xs) if ds is not None else xs)).relu()
+    def f(xs, depth: int = 3):
+        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
+        if depth == 1:
+            return (a1,)
+        a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
+        if depth == 2:
+            return a1, a2
+        return a1, a2, F.conv2d(a2.relu(), w3, b3), ds(xs) if ds is not None else xs
 
-    return chunked(f, x_fp, chunk)
+    return f
+
+
+def teacher_outputs(tb, x_fp, chunk: int, record: Callable | None = None):
+    """The FP32 block's outputs on its inputs `x_fp`, kept as the reconstruction keeps them: what the next block
+    is fitted to (the same arithmetic whether a run goes on or resumes). `record(i, (a1, a2, a3, shortcut))`, if
+    given, sees the pre-activations of the chunk at image i on the way: one pass of the FP32 block gives the
+    fits their targets and the channel choice its statistics."""
+    f = folded(tb)
+
+    def out(i):
+        a = f(x_fp[i:i + chunk].float())
+        if record is not None:
+            record(i, a)
+        return (a[2] + a[3]).relu()
+
+    return gather(out, len(x_fp), chunk, folder_of(x_fp))
 
 
 def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: ReconstructConfig,
@@ -204,55 +225,41 @@ def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: Reconstr
     inputs. Public for the studies in benchmarks/, which fit blocks one at a time."""
     torch = require("torch")
     F = torch.nn.functional
-    (k1, k2), chunk, positions, damp = counts, config.chunk, config.positions, config.damp
-    (w1, b1), (w2, b2), (w3, b3) = fold(tb.conv1, tb.bn1), fold(tb.conv2, tb.bn2), fold(tb.conv3, tb.bn3)
-    ds = tb.downsample
+    (k1, k2), chunk, n = counts, config.chunk, len(x_fp)
+    whole = (k1, k2) == (tb.conv1.out_channels, tb.conv2.out_channels)
+    choice = None if whole else channel_choice(tb, counts, x_fp, gen, config)  # draws its positions first
+    seeds = [int(torch.randint(2**31, (1,), generator=gen)) for _ in range(3)]  # then each fit's positions
+    sample, targets = target_rows(seeds, config.positions * chunk, folder_of(x_fp))
 
-    def shortcut(xs):
-        return ds(xs) if ds is not None else xs
+    def record(i, a):
+        if choice is not None:
+            choice[0](i, a)
+        sample(a)
 
-    def fp(xs, depth: int = 3):  # the FP32 block's pre-activations, only as deep as asked
-        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
-        if depth == 1:
-            return (a1,)
-        a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
-        if depth == 2:
-            return a1, a2
-        return a1, a2, F.conv2d(a2.relu(), w3, b3), shortcut(xs)
-
-    def fp_in(i):  # one chunk of the FP32 network's / the pruned network's input to this block, in float32
-        return x_fp[i:i + chunk].float()
-
-    def pr(i):
-        return x_pr[i:i + chunk].float()
-
-    whole = (k1, k2) == (w1.shape[0], w2.shape[0])
-    keep1, keep2 = torch.arange(w1.shape[0]), torch.arange(w2.shape[0])
-    if not whole:
-        keep1, keep2 = choose_channels(fp, fp_in, len(x_fp), (w2, w3, tb.conv2), counts, gen, config)
-
+    nxt_fp = teacher_outputs(tb, x_fp, chunk, record)
+    keep1, keep2 = (None, None) if choice is None else choice[1]()
     conv1, conv2, conv3 = convs(tb, k1, k2)
 
-    def fit(conv, inputs, target, offset=None) -> tuple:
-        """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target) (`relu_fit`): the branch is
-        fitted to target - offset, so it makes up the offset's error too."""
-        seed = int(torch.randint(2**31, (1,), generator=gen))
-
-        def rows():  # positions sampled by the fit's own seed
-            g = torch.Generator().manual_seed(seed)
-            for i in range(0, len(x_fp), chunk):
-                xs, ys = patches(inputs(i), conv), position_rows(target(i))
-                idx = torch.randperm(len(xs), generator=g)[:positions * chunk]
+    def fit(conv, inputs, tape, keep=None, offset=None) -> tuple:
+        """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target) at the positions recorded
+        on `tape` (`relu_fit`; `keep`: the target's channels that stay): the branch is fitted to
+        target - offset, so it makes up the offset's error too."""
+        def rows():
+            for i, (idx, ys) in zip(range(0, n, chunk), tape):
+                xs, ys = patches(inputs(i), conv, idx), ys if keep is None else ys[:, keep]
                 if offset is None:
-                    yield xs[idx], ys[idx], torch.zeros(())
+                    yield xs, ys, torch.zeros(())
                 else:
-                    off = position_rows(offset(i))[idx]
-                    yield xs[idx], ys[idx] - off, off
+                    off = position_rows(offset(i), idx)
+                    yield xs, ys - off, off
 
         w, b = relu_fit(rows, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels,
-                        damp, config.relu_rounds, folder_of(x_fp))
+                        config.damp, config.relu_rounds, folder_of(x_fp))
         conv.weight.copy_(w.reshape(conv.weight.shape))
         return b
+
+    def pr(i):  # one chunk of the pruned network's input to this block, in float32
+        return x_pr[i:i + chunk].float()
 
     def r1(i):
         return F.conv2d(pr(i), conv1.weight, bias1, conv1.stride).relu()
@@ -260,50 +267,80 @@ def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: Reconstr
     def r2(i):
         return F.conv2d(r1(i), conv2.weight, bias2, conv2.stride, conv2.padding).relu()
 
-    bias1 = fit(conv1, pr, lambda i: fp(fp_in(i), 1)[0][:, keep1])
-    bias2 = fit(conv2, r1, lambda i: fp(fp_in(i), 2)[1][:, keep2])
+    def shortcut(i):  # the shortcut's error is the branch's to make up
+        return tb.downsample(pr(i)) if tb.downsample is not None else pr(i)
 
-    def block_fp(i):  # the FP32 block's output before its ReLU
-        _, _, a3, idf = fp(fp_in(i))
-        return a3 + idf
-
-    bias3 = fit(conv3, r2, block_fp, lambda i: shortcut(pr(i)))  # the shortcut's error is the branch's to make up
-    nxt_fp = teacher_outputs(tb, x_fp, chunk)
+    bias1 = fit(conv1, pr, targets[0], keep1)
+    bias2 = fit(conv2, r1, targets[1], keep2)
+    bias3 = fit(conv3, r2, targets[2], None, shortcut)
     for name, conv, bias in (("1", conv1, bias1), ("2", conv2, bias2), ("3", conv3, bias3)):
         setattr(sb, f"conv{name}", conv)
         setattr(sb, f"bn{name}", identity_bn(bias))
-    n = passes()
-    if n:
+    n_passes = passes()
+    if n_passes:
         lr = config.refine_lr / 10 if whole else config.refine_lr
-        return nxt_fp, refine(sb, x_pr, nxt_fp, n, lr, gen, config)
+        return nxt_fp, refine(sb, x_pr, nxt_fp, n_passes, lr, gen, config)
     return nxt_fp, chunked(sb, x_pr, chunk)  # the block's own forward, as a resumed run computes it
 
 
-def choose_channels(fp, fp_in, n: int, consumers: tuple, counts: tuple[int, int], gen, config: ReconstructConfig):
-    """Which inner channels stay, judged on the FP32 network. "obs": those whose loss the consumer (conv2 for
-    conv1's outputs, conv3 for conv2's), re-fitted, feels least (`obs_keep`), from the first
-    `config.selection_images` of the n images; "energy": activation energy through the consumer's weights,
-    E[a_c^2] * ||W_next[:, c]||^2. `consumers`: (folded conv2 weight, folded conv3 weight, conv2)."""
+def target_rows(seeds: list[int], positions: int, folder: Path | None) -> tuple:
+    """What the three fits are fitted to, taken in the FP32 block's one pass: per fit, at `positions` positions
+    of every chunk drawn by the fit's own generator (seeded from `seeds`), the rows of its target (conv1's and
+    conv2's pre-activations, the block's output before its ReLU), every channel; recorded with the positions
+    (`Tape`, spilled to `folder`). Returns (record, the three tapes); record takes (a1, a2, a3, shortcut)."""
     torch = require("torch")
-    (w2, w3, conv2), (k1, k2) = consumers, counts
-    chunk, positions, damp = config.chunk, config.positions, config.damp
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    tapes = [Tape(folder=folder) for _ in seeds]
+
+    def record(a):
+        for g, tape, y in zip(gens, tapes, (a[0], a[1], a[2] + a[3])):
+            idx = torch.randperm(len(y) * y.shape[2] * y.shape[3], generator=g)[:positions]
+            tape.append((idx, position_rows(y, idx)))
+
+    return record, tapes
+
+
+def channel_choice(tb, counts: tuple[int, int], x_fp, gen, config: ReconstructConfig) -> tuple:
+    """Which inner channels stay, judged on the FP32 network: (record, keep), where record(i, (a1, a2, a3,
+    shortcut)) takes the pre-activations of the chunk at image i in the FP32 block's pass and keep() then gives
+    (conv1's, conv2's) kept channels. "obs": those whose loss the consumer (conv2 for conv1's outputs, conv3 for
+    conv2's), re-fitted, feels least (`obs_keep`), from the first `config.selection_images` images, at positions
+    drawn from `gen` now; "energy": activation energy through the consumer's weights, E[a_c^2] * ||W_next[:,
+    c]||^2."""
+    torch = require("torch")
+    (k1, k2), chunk, positions, damp, n = counts, config.chunk, config.positions, config.damp, len(x_fp)
+    w2, w3, conv2 = fold(tb.conv2, tb.bn2)[0], fold(tb.conv3, tb.bn3)[0], tb.conv2
     if config.selection == "obs":
         c2, c3 = Ridge(w2.shape[1] * 9, w2.shape[0]), Ridge(w3.shape[1], w3.shape[0])
-        for i in range(0, min(n, config.selection_images), chunk):
-            a1, a2, a3, _ = fp(fp_in(i))
-            for ridge, xs, ys in ((c2, patches(a1.relu(), conv2), position_rows(a2)),
-                                  (c3, position_rows(a2.relu()), position_rows(a3))):
-                idx = torch.randperm(len(xs), generator=gen)[:positions * chunk]
-                ridge.add(xs[idx], ys[idx])
-        return obs_keep(c2, 9, k1, damp), obs_keep(c3, 1, k2, damp)
+        per_image = output_positions(x_fp.shape[-2:], tb.conv1, conv2)
+        draws = [[torch.randperm(min(chunk, n - i) * per_image, generator=gen)[:positions * chunk]
+                  for _ in (c2, c3)] for i in range(0, min(n, config.selection_images), chunk)]
+
+        def record(i, a):
+            if i // chunk < len(draws):
+                (i2, i3), (a1, a2, a3, _) = draws[i // chunk], a
+                c2.add(patches(a1.relu(), conv2, i2), position_rows(a2, i2))
+                c3.add(position_rows(a2.relu(), i3), position_rows(a3, i3))
+
+        return record, lambda: (obs_keep(c2, 9, k1, damp), obs_keep(c3, 1, k2, damp))
     e1 = torch.zeros(w2.shape[1], dtype=torch.float64)
     e2 = torch.zeros(w2.shape[0], dtype=torch.float64)
-    for i in range(0, n, chunk):
-        a1, a2 = fp(fp_in(i), 2)
-        e1 += a1.relu().pow(2).mean((0, 2, 3)).double()
-        e2 += a2.relu().pow(2).mean((0, 2, 3)).double()
-    keep1 = torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values
-    keep2 = torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values
-    return keep1, keep2
+
+    def energy(i, a):
+        e1.add_(a[0].relu().pow(2).mean((0, 2, 3)).double())
+        e2.add_(a[1].relu().pow(2).mean((0, 2, 3)).double())
+
+    def keep():
+        return (torch.argsort(e1 * w2.pow(2).sum((0, 2, 3)).double(), descending=True)[:k1].sort().values,
+                torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values)
+
+    return energy, keep
 
 
+def output_positions(size, *convs) -> int:
+    """Output positions an image has after `convs`, from an input of `size` (height, width)."""
+    h, w = size
+    for c in convs:
+        h = (h + 2 * c.padding[0] - c.kernel_size[0]) // c.stride[0] + 1
+        w = (w + 2 * c.padding[1] - c.kernel_size[1]) // c.stride[1] + 1
+    return h * w

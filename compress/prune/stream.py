@@ -71,17 +71,19 @@ class Tape:
     """Tuples of tensors recorded once and played back in order as often as asked: written to an unnamed file of
     `folder` as `Spill` writes (exact: the bytes come back), or held in memory without a folder."""
 
-    def __init__(self, items, folder: Path | None = None):
+    def __init__(self, items=(), folder: Path | None = None):
         self.file = None if folder is None else tempfile.TemporaryFile(dir=folder, prefix="rows-")  # noqa: SIM115
         self.items: list = []
         for item in items:
-            if self.file is None:
-                self.items.append(item)
-                continue
-            arrays = [t.contiguous().numpy() for t in item]
-            for a in arrays:
-                self.file.write(a.reshape(-1).view("uint8"))
-            self.items.append([(t.shape, t.dtype) for t in item])
+            self.append(item)
+
+    def append(self, item: tuple) -> None:
+        if self.file is None:
+            self.items.append(item)
+            return
+        for t in item:
+            self.file.write(t.contiguous().numpy().reshape(-1).view("uint8"))
+        self.items.append([(t.shape, t.dtype) for t in item])
 
     def __iter__(self):
         import numpy as np
