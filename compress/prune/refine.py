@@ -101,9 +101,9 @@ def windows(x, target, side: int, gen) -> tuple:
     return xs, ts, slice(1, side - 1)
 
 
-FIT_PASSES = 4.0  # the closed-form fits cost about this many passes, as `pass_seconds` probes a pass: ResNet-50 p30
-# on 2 CPU cores at 1,000 images, 22.0 minutes of recovery with 4 passes a block (memory.md) against a probed pass
-# of 146 s (refine-cost.md). Fewer images weigh the fits more (about 6.5 at 256, defaults-1-256.md's refine-0 row)
+FIT_PASSES = 3.2  # the closed-form fits cost about this many passes, as `pass_seconds` probes a pass: ResNet-50 p30
+# on 2 CPU cores at 1,000 images, 19.9 minutes of recovery with 4 passes a block (memory.md) against a probed pass
+# of 146 s (refine-cost.md). Fewer images weigh the fits more (the choice of channels sees at most 512 of them)
 
 
 def plan_passes(costs: list[float], seconds: float, most: int, reserve: float = 0.02) -> list[int]:
