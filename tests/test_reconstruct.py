@@ -219,7 +219,8 @@ def test_a_time_limit_becomes_passes_once():
     """The plan of a time limit: the same passes for every block, what the estimate says fits (the fits counted
     as FIT_PASSES passes, each block's passes plus one, a reserve), at most the most asked for."""
     costs = [10.0] * 16  # one pass: 160 s over the blocks
-    assert refining.plan_passes(costs, 160 * (refining.FIT_PASSES + 5) / 0.98, 8) == [4] * 16
+    assert refining.plan_passes(costs, 160 * (refining.FIT_PASSES + 5) / 0.98, 8) == [4] * 16  # just enough
+    assert refining.plan_passes(costs, 160 * (refining.FIT_PASSES + 5) / 0.98 - 1, 8) == [3] * 16
     assert refining.plan_passes(costs, 1e9, 8) == [8] * 16
     assert refining.plan_passes(costs, 60.0, 8) == [0] * 16
     assert refining.plan_passes([0.0, 0.0], 1.0, 3) == [3, 3]

@@ -115,7 +115,7 @@ def plan_passes(costs: list[float], seconds: float, most: int, reserve: float = 
     total = sum(costs)
     if total <= 0:
         return [most] * len(costs)
-    n = int((1 - reserve) * seconds / total - FIT_PASSES) - 1
+    n = math.floor((1 - reserve) * seconds / total - FIT_PASSES + 1e-9) - 1  # a limit just enough is enough
     return [max(0, min(most, n))] * len(costs)
 
 
