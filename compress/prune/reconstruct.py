@@ -227,20 +227,20 @@ def fit_block(tb, sb, counts: tuple[int, int], x_fp, x_pr, gen, config: Reconstr
     F = torch.nn.functional
     (k1, k2), chunk, n = counts, config.chunk, len(x_fp)
     whole = (k1, k2) == (tb.conv1.out_channels, tb.conv2.out_channels)
-    choice = None if whole else channel_choice(tb, counts, x_fp, gen, config)  # draws its positions first
+    choose, chosen = (None, None) if whole else channel_choice(tb, counts, x_fp, gen, config)  # draws first
     seeds = [int(torch.randint(2**31, (1,), generator=gen)) for _ in range(3)]  # then each fit's positions
     sample, targets = target_rows(seeds, config.positions * chunk, folder_of(x_fp))
 
     def record(i, a):
-        if choice is not None:
-            choice[0](i, a)
+        if choose is not None:
+            choose(i, a)
         sample(a)
 
     nxt_fp = teacher_outputs(tb, x_fp, chunk, record)
-    keep1, keep2 = (None, None) if choice is None else choice[1]()
+    keep1, keep2 = (None, None) if chosen is None else chosen()
     conv1, conv2, conv3 = convs(tb, k1, k2)
 
-    def fit(conv, inputs, tape, keep=None, offset=None) -> tuple:
+    def fit(conv, inputs, tape, keep=None, offset=None):
         """conv re-fitted so that ReLU(conv(inputs) + offset) matches ReLU(target) at the positions recorded
         on `tape` (`relu_fit`; `keep`: the target's channels that stay): the branch is fitted to
         target - offset, so it makes up the offset's error too."""
