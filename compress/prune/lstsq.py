@@ -106,15 +106,22 @@ def patches(x, conv, idx=None):
     row), or only rows `idx` of them: the same values, without unfolding every position first (a fit samples a
     sixth of layer1's)."""
     torch = require("torch")
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    views = torch.nn.functional.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)  # no copy
-    rows, cols = views.shape[2:4]  # (images, channels, out rows, out columns, kh, kw)
+    rows, cols = output_size(x.shape[-2:], conv)
     if idx is None or 4 * len(idx) > len(x) * rows * cols:  # most positions: unfolding them all is quicker
         every = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)
         every = every.transpose(1, 2).reshape(-1, every.shape[1])
         return every if idx is None else every[idx]
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    # (images, channels, out rows, out columns, kh, kw): views of the padded input, the sampled ones copied
+    views = torch.nn.functional.pad(x, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)
     image, at = idx // (rows * cols), idx % (rows * cols)
     return views.permute(0, 2, 3, 1, 4, 5)[image, at // cols, at % cols].reshape(len(idx), -1)
+
+
+def output_size(size, conv) -> tuple[int, int]:
+    """(rows, columns) of the conv's output from an input of `size` (rows, columns)."""
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, conv.kernel_size, conv.stride, conv.padding
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
 def position_rows(y, idx=None):

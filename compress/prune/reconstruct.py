@@ -42,7 +42,7 @@ from compress.prune.allocate import (
     stage_shares,
 )
 from compress.prune.config import DEFAULT, ReconstructConfig
-from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, patches, position_rows, relu_fit
+from compress.prune.lstsq import Ridge, fold, identity_bn, obs_keep, output_size, patches, position_rows, relu_fit
 from compress.prune.refine import convs, refine
 from compress.prune.stream import Pixels, Tape, chunked, folder_of, gather, head, keep_freed_memory, spill_folder, stem
 
@@ -312,8 +312,8 @@ def channel_choice(tb, counts: tuple[int, int], x_fp, gen, config: ReconstructCo
     w2, w3, conv2 = fold(tb.conv2, tb.bn2)[0], fold(tb.conv3, tb.bn3)[0], tb.conv2
     if config.selection == "obs":
         c2, c3 = Ridge(w2.shape[1] * 9, w2.shape[0]), Ridge(w3.shape[1], w3.shape[0])
-        per_image = output_positions(x_fp.shape[-2:], tb.conv1, conv2)
-        draws = [[torch.randperm(min(chunk, n - i) * per_image, generator=gen)[:positions * chunk]
+        rows, cols = output_size(output_size(x_fp.shape[-2:], tb.conv1), conv2)
+        draws = [[torch.randperm(min(chunk, n - i) * rows * cols, generator=gen)[:positions * chunk]
                   for _ in (c2, c3)] for i in range(0, min(n, config.selection_images), chunk)]
 
         def record(i, a):
@@ -335,12 +335,3 @@ def channel_choice(tb, counts: tuple[int, int], x_fp, gen, config: ReconstructCo
                 torch.argsort(e2 * w3.pow(2).sum((0, 2, 3)).double(), descending=True)[:k2].sort().values)
 
     return energy, keep
-
-
-def output_positions(size, *convs) -> int:
-    """Output positions an image has after `convs`, from an input of `size` (height, width)."""
-    h, w = size
-    for c in convs:
-        h = (h + 2 * c.padding[0] - c.kernel_size[0]) // c.stride[0] + 1
-        w = (w + 2 * c.padding[1] - c.kernel_size[1]) // c.stride[1] + 1
-    return h * w
