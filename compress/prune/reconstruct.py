@@ -182,38 +182,25 @@ def _json(x):
     return json.loads(json.dumps(x))
 
 
-def folded(tb):
-    """FP32 block `tb` (BatchNorm folded) as a function of its input: its pre-activations (conv1, conv2, conv3)
-    and its shortcut, as deep as asked."""
+def teacher_outputs(tb, x_fp, chunk: int, record: Callable | None = None):
+    """The FP32 block's outputs on its inputs `x_fp` (BatchNorm folded), kept as the reconstruction keeps them:
+    what the next block is fitted to (the same arithmetic whether a run goes on or resumes). `record(i, (a1, a2,
+    a3, a3 + shortcut))`, if given, sees the pre-activations of the chunk at image i on the way: one pass of the
+    FP32 block gives the fits their targets and the channel choice its statistics."""
     torch = require("torch")
     F = torch.nn.functional
     (w1, b1), (w2, b2), (w3, b3) = fold(tb.conv1, tb.bn1), fold(tb.conv2, tb.bn2), fold(tb.conv3, tb.bn3)
     ds = tb.downsample
 
-    def f(xs, depth: int = 3):
-        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
-        if depth == 1:
-            return (a1,)
-        a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
-        if depth == 2:
-            return a1, a2
-        return a1, a2, F.conv2d(a2.relu(), w3, b3), ds(xs) if ds is not None else xs
-
-    return f
-
-
-def teacher_outputs(tb, x_fp, chunk: int, record: Callable | None = None):
-    """The FP32 block's outputs on its inputs `x_fp`, kept as the reconstruction keeps them: what the next block
-    is fitted to (the same arithmetic whether a run goes on or resumes). `record(i, (a1, a2, a3, shortcut))`, if
-    given, sees the pre-activations of the chunk at image i on the way: one pass of the FP32 block gives the
-    fits their targets and the channel choice its statistics."""
-    f = folded(tb)
-
     def out(i):
-        a = f(x_fp[i:i + chunk].float())
+        xs = x_fp[i:i + chunk].float()
+        a1 = F.conv2d(xs, w1, b1, tb.conv1.stride, tb.conv1.padding)
+        a2 = F.conv2d(a1.relu(), w2, b2, tb.conv2.stride, tb.conv2.padding)
+        a3 = F.conv2d(a2.relu(), w3, b3)
+        block = a3 + (ds(xs) if ds is not None else xs)  # the block's output before its ReLU
         if record is not None:
-            record(i, a)
-        return (a[2] + a[3]).relu()
+            record(i, (a1, a2, a3, block))
+        return block.relu()
 
     return gather(out, len(x_fp), chunk, folder_of(x_fp))
 
@@ -287,13 +274,13 @@ def target_rows(seeds: list[int], positions: int, folder: Path | None) -> tuple:
     """What the three fits are fitted to, taken in the FP32 block's one pass: per fit, at `positions` positions
     of every chunk drawn by the fit's own generator (seeded from `seeds`), the rows of its target (conv1's and
     conv2's pre-activations, the block's output before its ReLU), every channel; recorded with the positions
-    (`Tape`, spilled to `folder`). Returns (record, the three tapes); record takes (a1, a2, a3, shortcut)."""
+    (`Tape`, spilled to `folder`). Returns (record, the three tapes); record takes (a1, a2, a3, a3 + shortcut)."""
     torch = require("torch")
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     tapes = [Tape(folder=folder) for _ in seeds]
 
     def record(a):
-        for g, tape, y in zip(gens, tapes, (a[0], a[1], a[2] + a[3])):
+        for g, tape, y in zip(gens, tapes, (a[0], a[1], a[3])):
             idx = torch.randperm(len(y) * y.shape[2] * y.shape[3], generator=g)[:positions]
             tape.append((idx, position_rows(y, idx)))
 
@@ -302,7 +289,7 @@ def target_rows(seeds: list[int], positions: int, folder: Path | None) -> tuple:
 
 def channel_choice(tb, counts: tuple[int, int], x_fp, gen, config: ReconstructConfig) -> tuple:
     """Which inner channels stay, judged on the FP32 network: (record, keep), where record(i, (a1, a2, a3,
-    shortcut)) takes the pre-activations of the chunk at image i in the FP32 block's pass and keep() then gives
+    a3 + shortcut)) takes the pre-activations of the chunk at image i in the FP32 block's pass and keep() then gives
     (conv1's, conv2's) kept channels. "obs": those whose loss the consumer (conv2 for conv1's outputs, conv3 for
     conv2's), re-fitted, feels least (`obs_keep`), from the first `config.selection_images` images, at positions
     drawn from `gen` now; "energy": activation energy through the consumer's weights, E[a_c^2] * ||W_next[:,
